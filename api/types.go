@@ -1,0 +1,157 @@
+// Package api holds the wire types of flickd's REST API and a Go client for
+// it. The CLI and the end-to-end tests reach the daemon only through here.
+package api
+
+import "time"
+
+// Instance states.
+const (
+	StateCreated  = "created"
+	StateStarting = "starting"
+	StateRunning  = "running"
+	StateStopping = "stopping"
+	StateExited   = "exited"
+	StateFailed   = "failed"
+)
+
+// Boot phases, in the order they happen. Every start records each of them
+// in milliseconds.
+const (
+	PhaseImage  = "image"  // resolve the image reference to a digest
+	PhaseDisk   = "disk"   // root disk (built once per digest) and writable layer
+	PhaseVMM    = "vmm"    // spawn QEMU until QMP answers
+	PhaseKernel = "kernel" // vCPUs started until flick-init says hello
+	PhaseInit   = "init"   // hello until flick-init is about to exec the app
+	PhaseApp    = "app"    // exec until the app's process is running
+)
+
+// Phases lists the boot phases in order.
+var Phases = []string{PhaseImage, PhaseDisk, PhaseVMM, PhaseKernel, PhaseInit, PhaseApp}
+
+// Instance is a microVM running one image.
+type Instance struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	State   string    `json:"state"`
+	Image   string    `json:"image"`        // the reference as the user gave it
+	ImageID string    `json:"image_digest"` // manifest digest, sha256:...
+	Created time.Time `json:"created"`
+
+	Started  *time.Time `json:"started,omitempty"`
+	Finished *time.Time `json:"finished,omitempty"`
+	// ExitCode is the app's exit code once the instance has exited: 128+N
+	// when signal N killed it. Nil before.
+	ExitCode *int   `json:"exit_code"`
+	Error    string `json:"error,omitempty"`
+
+	Config InstanceConfig `json:"config"`
+
+	// BootMS is the wall time of the last start, from the start request to
+	// the app running; Phases splits it.
+	BootMS float64            `json:"boot_ms"`
+	Phases map[string]float64 `json:"phases"`
+
+	PID int `json:"pid,omitempty"` // the VMM's process id while it runs
+	// RSSBytes is the resident set size of the VMM process while it runs.
+	RSSBytes   int64  `json:"rss_bytes,omitempty"`
+	Accel      string `json:"accel,omitempty"`
+	ConsoleLog string `json:"console_log,omitempty"`
+}
+
+// InstanceConfig is what the user asked for at create time.
+type InstanceConfig struct {
+	Entrypoint  []string `json:"entrypoint,omitempty"` // overrides the image's
+	Cmd         []string `json:"cmd,omitempty"`        // overrides the image's
+	Env         []string `json:"env,omitempty"`        // K=V, added to the image's
+	WorkingDir  string   `json:"working_dir,omitempty"`
+	User        string   `json:"user,omitempty"`
+	CPUs        int      `json:"cpus,omitempty"`       // default 1
+	MemoryMiB   int      `json:"memory_mib,omitempty"` // default 128
+	AutoRemove  bool     `json:"auto_remove,omitempty"`
+	StopSignal  string   `json:"stop_signal,omitempty"`  // overrides the image's
+	StopTimeout int      `json:"stop_timeout,omitempty"` // seconds, default 10
+	Accel       string   `json:"accel,omitempty"`        // auto, kvm or tcg
+	Kernel      string   `json:"kernel,omitempty"`       // a vmlinux path; default the daemon's
+}
+
+// CreateRequest is the body of POST /v1/instances.
+type CreateRequest struct {
+	Name  string `json:"name,omitempty"`
+	Image string `json:"image"`
+	InstanceConfig
+}
+
+// Image is a pulled or loaded image.
+type Image struct {
+	Digest  string    `json:"digest"` // manifest digest
+	Names   []string  `json:"names"`  // repo:tag references that point here
+	Size    int64     `json:"size"`   // sum of compressed layer sizes
+	Created time.Time `json:"created"`
+	// DiskSize is the size of the built root disk, 0 until first run.
+	DiskSize int64       `json:"disk_size"`
+	Config   ImageConfig `json:"config"`
+}
+
+// ImageConfig is the part of the OCI image config that flick honours.
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	StopSignal string   `json:"stop_signal,omitempty"`
+}
+
+// PullRequest is the body of POST /v1/images/pull.
+type PullRequest struct {
+	Ref string `json:"ref"`
+}
+
+// LoadRequest is the JSON body of POST /v1/images/load; a body of type
+// application/x-tar is loaded as a tarball instead.
+type LoadRequest struct {
+	Path string `json:"path"` // a docker-archive or OCI tarball, or an oci-layout directory
+	Tag  string `json:"tag,omitempty"`
+}
+
+// Progress is one line of the NDJSON stream answered by pull and load. The
+// last line carries Image or Error.
+type Progress struct {
+	Status  string `json:"status,omitempty"` // "resolving", "downloading", "done", ...
+	Layer   string `json:"layer,omitempty"`  // layer digest
+	Current int64  `json:"current,omitempty"`
+	Total   int64  `json:"total,omitempty"`
+	Image   *Image `json:"image,omitempty"`
+	Error   string `json:"error,omitempty"`
+}
+
+// WaitResponse answers POST /v1/instances/{id}/wait.
+type WaitResponse struct {
+	ExitCode int    `json:"exit_code"`
+	Error    string `json:"error,omitempty"`
+}
+
+// ErrorResponse is the body of every 4xx and 5xx answer.
+type ErrorResponse struct {
+	Error string `json:"error"`
+}
+
+// LogRecord is one line of an instance's app log, as stored and as streamed.
+type LogRecord struct {
+	Time   time.Time `json:"time"`
+	Stream string    `json:"stream"` // stdout or stderr
+	Log    string    `json:"log"`
+}
+
+// Version answers GET /v1/version.
+type Version struct {
+	Version    string `json:"version"`     // flickd's version
+	APIVersion string `json:"api_version"` // "v1"
+	GoVersion  string `json:"go_version"`
+	OS         string `json:"os"`
+	Arch       string `json:"arch"`
+	// Accel is the accelerator "auto" resolves to on this host: kvm or tcg.
+	Accel string `json:"accel,omitempty"`
+	// QEMU is the version of the QEMU binary the daemon drives.
+	QEMU string `json:"qemu,omitempty"`
+}

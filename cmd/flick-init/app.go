@@ -1,0 +1,234 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"golang.org/x/sys/unix"
+)
+
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// drainTimeout bounds how long flick-init reads the app's pipes after the
+// app exited: an orphan that inherited them may keep them open forever.
+const drainTimeout = 500 * time.Millisecond
+
+// execError is an app that could not be executed: the exit code a shell
+// would give (127 not found, 126 not executable) and its message.
+type execError struct {
+	code int
+	msg  string
+}
+
+func (e *execError) Error() string { return e.msg }
+
+// lookPath finds name as execve would inside root: as it is when it has a
+// slash, else in the directories of PATH.
+func lookPath(root rootDir, name, pathEnv string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	var denied bool
+	for _, dir := range strings.Split(pathEnv, ":") {
+		if !path.IsAbs(dir) {
+			continue // a relative PATH entry is relative to nothing useful in PID 1
+		}
+		p := path.Join(dir, name)
+		st, err := root.stat(p)
+		if err != nil {
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0 {
+			return p, nil
+		}
+		denied = true
+	}
+	if denied {
+		return "", &execError{126, fmt.Sprintf("exec %q: permission denied", name)}
+	}
+	return "", &execError{127, fmt.Sprintf("exec %q: executable file not found in $PATH", name)}
+}
+
+// envValue is the last value of key in env, as getenv would see it.
+func envValue(env []string, key string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		if k, v, ok := strings.Cut(env[i], "="); ok && k == key {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// app is the started process.
+type app struct {
+	pid     int
+	outDone chan struct{}
+	errDone chan struct{}
+}
+
+// appPID is the running app's pid for the signal forwarder; 0 before the app
+// starts. A signal that arrives earlier is kept and delivered at start.
+var (
+	appMu      sync.Mutex
+	appPID     int
+	pendingSig int
+)
+
+func forwardSignal(sig int) {
+	appMu.Lock()
+	defer appMu.Unlock()
+	if appPID == 0 {
+		pendingSig = sig
+		return
+	}
+	if err := unix.Kill(appPID, unix.Signal(sig)); err != nil {
+		logf("signal %d to %d: %v", sig, appPID, err)
+	}
+}
+
+// startApp starts the app in the new root; an *execError means it could not
+// be executed.
+func startApp(p *port, root rootDir, cfg wire.Config) (*app, error) {
+	env := append([]string(nil), cfg.Env...)
+	pathEnv, ok := envValue(env, "PATH")
+	if !ok {
+		pathEnv = defaultPath
+		env = append(env, "PATH="+pathEnv)
+	}
+	passwd, group, err := readAccounts(root)
+	if err != nil {
+		return nil, err
+	}
+	c, err := resolveUser(cfg.User, passwd, group)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := envValue(env, "HOME"); !ok {
+		env = append(env, "HOME="+c.home)
+	}
+	dir := cfg.WorkingDir
+	if dir == "" {
+		dir = "/"
+	}
+	if st, err := root.stat(dir); err != nil || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return nil, fmt.Errorf("working dir %q: not a directory in the image", dir)
+	}
+	argv0, err := lookPath(root, cfg.Args[0], pathEnv)
+	if err != nil {
+		return nil, err
+	}
+
+	null, err := os.Open("/dev/null")
+	if err != nil {
+		return nil, err
+	}
+	defer null.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	p.event(wire.Event{Kind: wire.EventExec})
+
+	appMu.Lock()
+	pid, err := syscall.ForkExec(argv0, cfg.Args, &syscall.ProcAttr{
+		Dir:   dir,
+		Env:   env,
+		Files: []uintptr{null.Fd(), outW.Fd(), errW.Fd()},
+		Sys: &syscall.SysProcAttr{
+			Chroot:     newRoot,
+			Credential: &syscall.Credential{Uid: c.uid, Gid: c.gid, Groups: c.groups},
+			Setsid:     true,
+		},
+	})
+	if err == nil {
+		appPID = pid
+		if pendingSig != 0 {
+			unix.Kill(pid, unix.Signal(pendingSig))
+		}
+	}
+	appMu.Unlock()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		code := 126
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+			code = 127
+		}
+		return nil, &execError{code, fmt.Sprintf("exec %q: %v", cfg.Args[0], err)}
+	}
+	a := &app{pid: pid, outDone: make(chan struct{}), errDone: make(chan struct{})}
+	go p.pump(wire.TypeStdout, outR, a.outDone)
+	go p.pump(wire.TypeStderr, errR, a.errDone)
+	return a, nil
+}
+
+// wait reaps children until the app is gone, then keeps reaping orphans in
+// the background, and returns the app's exit code (128+signal when killed)
+// and signal.
+func (a *app) wait() (code, sig int) {
+	var ws unix.WaitStatus
+	for {
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			logf("wait: %v", err)
+			return 255, 0
+		}
+		if pid == a.pid {
+			break
+		}
+	}
+	appMu.Lock()
+	appPID = 0
+	appMu.Unlock()
+	go reapForever()
+
+	// The pipes end when the last writer exits; do not wait for orphans.
+	timeout := time.NewTimer(drainTimeout)
+	defer timeout.Stop()
+	for _, done := range []chan struct{}{a.outDone, a.errDone} {
+		select {
+		case <-done:
+		case <-timeout.C:
+			logf("app output still open after %v; not waiting", drainTimeout)
+			return exitCode(ws)
+		}
+	}
+	return exitCode(ws)
+}
+
+func exitCode(ws unix.WaitStatus) (code, sig int) {
+	if ws.Signaled() {
+		return 128 + int(ws.Signal()), int(ws.Signal())
+	}
+	return ws.ExitStatus(), 0
+}
+
+// reapForever reaps orphans that were reparented to PID 1.
+func reapForever() {
+	for {
+		var ws unix.WaitStatus
+		_, err := unix.Wait4(-1, &ws, 0, nil)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			if !errors.Is(err, unix.ECHILD) {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}

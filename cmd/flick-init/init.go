@@ -1,0 +1,113 @@
+package main
+
+import (
+	"errors"
+	"time"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"golang.org/x/sys/unix"
+)
+
+// portTimeout bounds the wait for the agent port to appear.
+const portTimeout = 10 * time.Second
+
+// run is flick-init's whole life; it ends by resetting the machine.
+func run(start int64) {
+	mountAll(earlyMounts)
+	mounted = nil // /dev, /proc and /sys stay to the end
+
+	p, err := openPort(portTimeout)
+	if err != nil {
+		logf("%v", err)
+		reboot()
+	}
+	if err := p.sendJSON(wire.TypeHello, wire.Hello{BootNS: start}); err != nil {
+		logf("hello: %v", err)
+	}
+	go p.readLoop(forwardSignal)
+	logf("hello after %d.%03d ms", start/1e6, start%1e6/1e3)
+
+	code, sig, err := runApp(p)
+	var ee *execError
+	switch {
+	case errors.As(err, &ee):
+		p.send(wire.TypeStderr, []byte("flick-init: "+ee.msg+"\n"))
+		p.event(wire.Event{Kind: wire.EventExited, ExitCode: ee.code})
+	case err != nil:
+		logf("%v", err)
+		p.event(wire.Event{Kind: wire.EventFailed, Message: err.Error()})
+	default:
+		logf("app exited: code %d", code)
+		p.event(wire.Event{Kind: wire.EventExited, ExitCode: code, Signal: sig})
+	}
+
+	select {
+	case <-p.acks:
+	case <-time.After(wire.AckTimeout):
+		logf("no ack from the host after %v", wire.AckTimeout)
+	}
+	shutdown()
+}
+
+// runApp sets up the app's root, starts the app and waits for it.
+func runApp(p *port) (code, sig int, err error) {
+	cfg, err := readConfig()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := setupRoot(cfg); err != nil {
+		return 0, 0, err
+	}
+	root, err := openRootDir(newRoot)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := setHostname(root, cfg.Hostname); err != nil {
+		logf("%v", err)
+	}
+	if err := loopbackUp(); err != nil {
+		logf("%v", err)
+	}
+	a, err := startApp(p, root, cfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	p.event(wire.Event{Kind: wire.EventStarted, PID: a.pid})
+	code, sig = a.wait()
+	return code, sig, nil
+}
+
+// shutdown stops what is left, flushes and unmounts the disks and resets
+// the machine, which ends the VM: QEMU runs with -no-reboot and the kernel
+// with reboot=t.
+func shutdown() {
+	unix.Kill(-1, unix.SIGKILL)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			var ws unix.WaitStatus
+			_, err := unix.Wait4(-1, &ws, 0, nil)
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				return
+			}
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(200 * time.Millisecond):
+	}
+	unix.Sync()
+	unmountAll()
+	reboot()
+}
+
+func reboot() {
+	unix.Sync()
+	for {
+		if err := unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART); err != nil {
+			logf("reboot: %v", err)
+		}
+		time.Sleep(time.Second)
+	}
+}

@@ -1,0 +1,22 @@
+// Command flick-init is the PID 1 of a flick microVM. It mounts the image's
+// root, runs the app the host asked for and reports the app's life to the
+// host over the agent channel (package wire), then resets the machine.
+//
+// It is static (CGO_ENABLED=0) and imports only the standard library,
+// golang.org/x/sys/unix and internal/guest/wire: under TCG every page of
+// code it pulls in costs boot time.
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+func main() {
+	start := bootNS()
+	if os.Getpid() != 1 {
+		fmt.Fprintln(os.Stderr, "flick-init: must run as PID 1 of a flick guest")
+		os.Exit(2)
+	}
+	run(start)
+}

@@ -1,0 +1,31 @@
+package main
+
+import (
+	"fmt"
+	"time"
+)
+
+// pollInterval is short because devices usually appear within a few
+// milliseconds of init starting, and long enough not to steal the only vCPU
+// from the kernel threads that are probing them.
+const pollInterval = 2 * time.Millisecond
+
+// poll calls ready until it reports true or returns an error, or until
+// timeout passes; it never sleeps longer than one pollInterval past the
+// moment ready would first succeed.
+func poll(what string, timeout time.Duration, ready func() (bool, error)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, err := ready()
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not there after %v", what, timeout)
+		}
+		time.Sleep(pollInterval)
+	}
+}

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"golang.org/x/sys/unix"
+)
+
+const (
+	newRoot  = "/newroot"
+	lowerDir = "/mnt/lower"
+	dataDir  = "/mnt/data"
+
+	deviceTimeout = 10 * time.Second
+)
+
+// readConfig reads the instance config from fw_cfg, waiting for the fw_cfg
+// driver to publish it.
+func readConfig() (wire.Config, error) {
+	var cfg wire.Config
+	var raw []byte
+	err := poll("config "+wire.FwCfgSysfsPath, deviceTimeout, func() (bool, error) {
+		b, err := os.ReadFile(wire.FwCfgSysfsPath)
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		raw = b
+		return err == nil, err
+	})
+	if err != nil {
+		return cfg, err
+	}
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	switch {
+	case len(cfg.Args) == 0:
+		return cfg, errors.New("config: no args")
+	case cfg.RootDevice == "" || cfg.DataDevice == "":
+		return cfg, errors.New("config: root_device and data_device are required")
+	case cfg.RootFSType != "erofs" && cfg.RootFSType != "ext4":
+		return cfg, fmt.Errorf("config: root_fstype %q is neither erofs nor ext4", cfg.RootFSType)
+	}
+	return cfg, nil
+}
+
+// findDisks maps virtio-blk serial numbers to /dev paths, waiting until all
+// of them have appeared.
+func findDisks(serials ...string) (map[string]string, error) {
+	found := make(map[string]string, len(serials))
+	err := poll("disks "+strings.Join(serials, ", "), deviceTimeout, func() (bool, error) {
+		paths, _ := filepath.Glob("/sys/block/vd*/serial")
+		for _, p := range paths {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				continue
+			}
+			dev := "/dev/" + filepath.Base(filepath.Dir(p))
+			if _, err := os.Stat(dev); err == nil {
+				found[strings.TrimSpace(string(b))] = dev
+			}
+		}
+		for _, s := range serials {
+			if found[s] == "" {
+				return false, nil
+			}
+		}
+		return true, nil
+	})
+	return found, err
+}
+
+// setupRoot builds the app's root: the image read-only, under an overlay
+// whose upper layer is on the data disk, with the usual pseudo-filesystems.
+func setupRoot(cfg wire.Config) error {
+	disks, err := findDisks(cfg.RootDevice, cfg.DataDevice)
+	if err != nil {
+		return err
+	}
+	steps := []mountPoint{
+		{disks[cfg.RootDevice], lowerDir, cfg.RootFSType, unix.MS_RDONLY, ""},
+		{disks[cfg.DataDevice], dataDir, "ext4", unix.MS_NOATIME, ""},
+	}
+	for _, m := range steps {
+		if err := m.mount(); err != nil {
+			return err
+		}
+	}
+	for _, d := range []string{dataDir + "/upper", dataDir + "/work"} {
+		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("mkdir %s: %w", d, err)
+		}
+	}
+	overlay := mountPoint{"overlay", newRoot, "overlay", 0,
+		"lowerdir=" + lowerDir + ",upperdir=" + dataDir + "/upper,workdir=" + dataDir + "/work"}
+	if err := overlay.mount(); err != nil {
+		return err
+	}
+	mountAll(appMounts)
+	return nil
+}
+
+// setHostname names the machine and writes /etc/hostname and /etc/hosts in
+// the app's root.
+func setHostname(root rootDir, name string) error {
+	if name == "" {
+		return nil
+	}
+	if err := unix.Sethostname([]byte(name)); err != nil {
+		return fmt.Errorf("set hostname: %w", err)
+	}
+	if err := root.mkdir("etc", 0o755); err != nil {
+		return fmt.Errorf("mkdir /etc: %w", err)
+	}
+	if err := root.writeFile("/etc/hostname", []byte(name+"\n"), 0o644); err != nil {
+		return fmt.Errorf("write /etc/hostname: %w", err)
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + name + "\n"
+	if err := root.writeFile("/etc/hosts", []byte(hosts), 0o644); err != nil {
+		return fmt.Errorf("write /etc/hosts: %w", err)
+	}
+	return nil
+}
+
+// loopbackUp brings lo up; the kernel gives it 127.0.0.1 by itself.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("lo up: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("lo up: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo up: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("lo up: %w", err)
+	}
+	return nil
+}

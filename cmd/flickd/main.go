@@ -1,0 +1,59 @@
+// Command flickd is flick's daemon: it serves the REST API on a unix socket
+// and owns every microVM of the host.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/flick-vm/flick/internal/daemon"
+	"github.com/flick-vm/flick/internal/guest"
+)
+
+func main() {
+	var cfg daemon.RunConfig
+	flag.StringVar(&cfg.Root, "root", "/var/lib/flick", "directory for images, instances and the store")
+	flag.StringVar(&cfg.Socket, "socket", "/run/flick/flickd.sock", "unix socket to serve the API on")
+	flag.StringVar(&cfg.Kernel, "kernel", guest.DefaultKernelPath(), "guest kernel (uncompressed vmlinux with a PVH entry)")
+	flag.StringVar(&cfg.Init, "init", defaultInit(), "flick-init binary, the guest's PID 1")
+	flag.StringVar(&cfg.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	flag.DurationVar(&cfg.BootTimeout, "boot-timeout", 30*time.Second, "how long a guest may take to start its app")
+	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
+	showVersion := flag.Bool("version", false, "print the version and exit")
+	flag.Parse()
+	if *showVersion {
+		fmt.Println("flickd", daemon.Version)
+		return
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(os.Stderr, "flickd: bad --log-level %q: %v\n", *logLevel, err)
+		os.Exit(2)
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := daemon.Run(ctx, cfg); err != nil {
+		fmt.Fprintln(os.Stderr, "flickd:", err)
+		os.Exit(1)
+	}
+}
+
+// defaultInit is flick-init beside the flickd binary, else in PATH.
+func defaultInit() string {
+	if exe, err := os.Executable(); err == nil {
+		p := filepath.Join(filepath.Dir(exe), "flick-init")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return "/usr/local/bin/flick-init"
+}

@@ -1,0 +1,134 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/flick-vm/flick/internal/guest"
+	"github.com/flick-vm/flick/internal/image"
+	"github.com/flick-vm/flick/internal/instance"
+	"github.com/flick-vm/flick/internal/store"
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// RunConfig is flickd's configuration.
+type RunConfig struct {
+	Root        string
+	Socket      string
+	Kernel      string
+	Init        string
+	QEMU        string
+	BootTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// Run wires the daemon's parts together and serves until ctx ends. VMs
+// keep running when it returns; the next Run re-attaches to them.
+func Run(ctx context.Context, cfg RunConfig) error {
+	log := cfg.Logger
+	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
+		return err
+	}
+	db, err := store.Open(filepath.Join(cfg.Root, "flick.db"))
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	if _, err := os.Stat(cfg.Init); err != nil {
+		return fmt.Errorf("flick-init not found at %s: build it with make build, or give --init", cfg.Init)
+	}
+	if _, err := os.Stat(cfg.Kernel); err != nil {
+		// Not fatal: a run can name its own kernel. Starts fail with the fix.
+		log.Warn("guest kernel not found: build it with make kernel, or give --kernel", "path", cfg.Kernel)
+	}
+	initrd, err := guest.BuildInitrd(cfg.Init, filepath.Join(cfg.Root, "guest"))
+	if err != nil {
+		return fmt.Errorf("build initramfs: %w", err)
+	}
+	images, err := image.New(image.Config{Root: filepath.Join(cfg.Root, "images"), DB: db, Logger: log})
+	if err != nil {
+		return err
+	}
+	driver, err := vmm.NewQEMU(vmm.QEMUConfig{Binary: cfg.QEMU, RAMDir: "/dev/shm/flick"})
+	if err != nil {
+		return err
+	}
+	mgr, err := instance.New(ctx, instance.Config{
+		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log,
+		Kernel: cfg.Kernel, Initrd: initrd,
+		Cmdline:     func(string) string { return guest.KernelCmdline(guest.CmdlineOptions{}) },
+		BootTimeout: cfg.BootTimeout,
+	})
+	if err != nil {
+		return err
+	}
+	defer mgr.Close()
+
+	ln, err := listen(cfg.Socket)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(cfg.Root, "tmp")
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: New(Config{
+		Images: images, Instances: mgr, Logger: log, TmpDir: tmp, QEMUVersion: qemuVersion(cfg.QEMU),
+	}), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("flickd serving", "socket", cfg.Socket, "root", cfg.Root, "kernel", cfg.Kernel, "accel", vmm.PickAccel("auto"))
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		return err
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = srv.Shutdown(sctx)
+	_ = os.Remove(cfg.Socket)
+	log.Info("flickd stopped; VMs keep running")
+	return nil
+}
+
+// listen binds the API socket, replacing a stale one but never one that a
+// live daemon serves.
+func listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another flickd is serving %s", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}
+
+func qemuVersion(bin string) string {
+	out, err := exec.Command(bin, "--version").Output()
+	if err != nil {
+		return ""
+	}
+	first, _, _ := strings.Cut(string(out), "\n")
+	return strings.TrimPrefix(first, "QEMU emulator version ")
+}

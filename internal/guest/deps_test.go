@@ -1,0 +1,29 @@
+package guest
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestInitDeps keeps flick-init away from the host side: it may link the
+// standard library, golang.org/x/sys and the wire contract, nothing else.
+func TestInitDeps(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", "github.com/flick-vm/flick/cmd/flick-init").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	allowed := map[string]bool{
+		"github.com/flick-vm/flick/cmd/flick-init":      true,
+		"github.com/flick-vm/flick/internal/guest/wire": true,
+		"golang.org/x/sys/unix":                         true,
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		first, _, _ := strings.Cut(pkg, "/")
+		std := !strings.Contains(first, ".")
+		if std || allowed[pkg] {
+			continue
+		}
+		t.Errorf("flick-init imports %s", pkg)
+	}
+}

@@ -1,0 +1,122 @@
+// Package guest provisions what a flick microVM boots: the guest kernel, the
+// initramfs that carries flick-init and the kernel command line. The format
+// of the config and of the agent channel lives in package wire, which
+// flick-init shares.
+package guest
+
+import (
+	"bufio"
+	"bytes"
+	"math"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+// DefaultKernelPath is $FLICK_KERNEL, else the vmlinux that
+// scripts/build-kernel.sh links at ${XDG_CACHE_HOME:-~/.cache}/flick/kernel/vmlinux.
+func DefaultKernelPath() string {
+	if p := os.Getenv("FLICK_KERNEL"); p != "" {
+		return p
+	}
+	cache := os.Getenv("XDG_CACHE_HOME")
+	if cache == "" {
+		home, _ := os.UserHomeDir()
+		cache = filepath.Join(home, ".cache")
+	}
+	return filepath.Join(cache, "flick", "kernel", "vmlinux")
+}
+
+// CmdlineOptions tunes KernelCmdline.
+type CmdlineOptions struct {
+	// TSCkHz is the guest TSC's frequency in kHz; 0 uses the host's. Under
+	// TCG the guest reads the host's TSC, so the host's is right there too.
+	TSCkHz int
+	// Verbose drops "quiet", so the kernel logs its boot to the console.
+	Verbose bool
+	// Extra parameters are appended as they are.
+	Extra []string
+}
+
+// KernelCmdline returns the guest kernel's command line for a QEMU microvm
+// machine (acpi=off). QEMU appends the virtio_mmio.device= entries itself.
+//
+// Each parameter is there for boot time or for flick-init; the costs were
+// measured on this project's 6.1 kernel under TCG (see DESIGN.md):
+//
+//	console=ttyS0,115200  the one 8250 UART; 115200 baud, not 9600: every
+//	                      console byte costs ~1 ms at 9600.
+//	quiet                 the console is a log, not a progress bar: printing
+//	                      the full boot log at 115200 costs tens of ms.
+//	noapictimer           APIC timer calibration spins ~260 ms under TCG;
+//	                      the PIT ticks instead.
+//	tsc_early_khz=N       skips CPU speed calibration against the PIT
+//	                      (10-19 ms, and it can hang outright under TCG).
+//	pty.legacy_count=0    256 legacy PTYs cost ~10-20 ms (also configured
+//	                      out of our kernel; kept for other kernels).
+//	8250.nr_uarts=1       probing the three absent UARTs costs ~10-20 ms.
+//	panic=-1 reboot=t     a panic (flick-init dying) resets at once, and
+//	                      the reset is a triple fault (microvm has neither
+//	                      ACPI nor a keyboard controller to reset through),
+//	                      which QEMU -no-reboot turns into an exit: the VM
+//	                      ends when the guest is done.
+//	rdinit=/init          flick-init from the initramfs.
+//	qemu_fw_cfg.ioport=   where the fw_cfg sysfs driver finds fw_cfg without
+//	                      ACPI: microvm puts it at I/O port 0x510, 12 ports,
+//	                      selector at +0, data at +1, DMA at +4. flick-init
+//	                      reads its config from it.
+func KernelCmdline(opts CmdlineOptions) string {
+	khz := opts.TSCkHz
+	if khz == 0 {
+		khz = hostTSCkHz()
+	}
+	args := []string{"console=ttyS0,115200"}
+	if !opts.Verbose {
+		args = append(args, "quiet")
+	}
+	args = append(args, "noapictimer")
+	if khz > 0 {
+		args = append(args, "tsc_early_khz="+strconv.Itoa(khz))
+	}
+	args = append(args,
+		"pty.legacy_count=0",
+		"8250.nr_uarts=1",
+		"panic=-1",
+		"reboot=t",
+		"rdinit=/init",
+		"qemu_fw_cfg.ioport=12@0x510:0:1:4",
+	)
+	args = append(args, opts.Extra...)
+	return strings.Join(args, " ")
+}
+
+var hostTSC = sync.OnceValue(func() int {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	return parseCPUMHz(b)
+})
+
+func hostTSCkHz() int { return hostTSC() }
+
+// parseCPUMHz returns the first "cpu MHz" of /proc/cpuinfo in kHz, or 0.
+// On CPUs with constant_tsc (every x86 CPU that runs VMs) that is the TSC's
+// rate.
+func parseCPUMHz(cpuinfo []byte) int {
+	sc := bufio.NewScanner(bytes.NewReader(cpuinfo))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || mhz <= 0 {
+			return 0
+		}
+		return int(math.Round(mhz * 1000))
+	}
+	return 0
+}

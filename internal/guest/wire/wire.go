@@ -1,0 +1,147 @@
+// Package wire is the contract between the host and flick-init, the guest's
+// PID 1: the boot config the host hands to the guest and the frames both
+// sides exchange on the agent channel. It imports only the standard library,
+// because flick-init links it and must stay small and static.
+package wire
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// FwCfgName is the fw_cfg item that carries the JSON-encoded Config.
+const FwCfgName = "opt/flick/config"
+
+// FwCfgSysfsPath is where the guest kernel exposes that item.
+const FwCfgSysfsPath = "/sys/firmware/qemu_fw_cfg/by_name/" + FwCfgName + "/raw"
+
+// PortName is the name of the virtio-serial port that carries frames.
+const PortName = "flick.0"
+
+// Config is everything flick-init needs to turn a booted kernel into a
+// running app. It is JSON on the wire.
+type Config struct {
+	ID       string `json:"id"`
+	Hostname string `json:"hostname"`
+
+	// Args is the resolved entrypoint followed by its arguments; Args[0] is
+	// looked up in PATH from Env inside the image when it has no slash.
+	Args       []string `json:"args"`
+	Env        []string `json:"env"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	// User is "", "name", "uid", "name:group" or "uid:gid", as in an OCI
+	// image config, resolved against the image's /etc/passwd and /etc/group.
+	User string `json:"user,omitempty"`
+
+	// RootDevice and DataDevice are virtio-blk serial numbers: flick-init
+	// finds the /dev/vdX whose /sys/block/vdX/serial matches. RootDevice
+	// holds the image's read-only filesystem (RootFSType); DataDevice holds
+	// the instance's writable ext4 layer (directories upper/ and work/ are
+	// made by flick-init when missing).
+	RootDevice string `json:"root_device"`
+	RootFSType string `json:"root_fstype"`
+	DataDevice string `json:"data_device"`
+}
+
+// Frame types. Guest to host: Hello, Stdout, Stderr, Event. Host to guest:
+// Signal, Ack.
+const (
+	TypeHello  byte = 1 // payload: JSON Hello
+	TypeStdout byte = 2 // payload: raw bytes
+	TypeStderr byte = 3 // payload: raw bytes
+	TypeEvent  byte = 4 // payload: JSON Event
+	TypeSignal byte = 5 // payload: one byte, the signal number, for the app
+	TypeAck    byte = 6 // payload: empty; answers an Event of kind "exited"
+)
+
+// AckTimeout is how long flick-init waits for the host's Ack before it
+// powers off anyway.
+const AckTimeout = 5 * time.Second
+
+// MaxPayload bounds a frame so that a corrupt length cannot make a reader
+// allocate without limit.
+const MaxPayload = 1 << 20
+
+// Hello is the first frame flick-init sends, as soon as its channel is open.
+type Hello struct {
+	// BootNS is CLOCK_BOOTTIME when flick-init's main started.
+	BootNS int64 `json:"boot_ns"`
+}
+
+// Event kinds.
+const (
+	EventExec    = "exec"    // config applied, about to start the app
+	EventStarted = "started" // the app's execve succeeded
+	EventExited  = "exited"  // the app is gone; the guest powers off after the Ack
+	EventFailed  = "failed"  // flick-init could not set up or start the app; Message says why
+)
+
+// Event reports progress of the app's life. After "exited" or "failed"
+// flick-init waits up to AckTimeout for an Ack, syncs, unmounts and resets
+// the machine (QEMU runs with -no-reboot, so it exits).
+type Event struct {
+	Kind     string `json:"kind"`
+	PID      int    `json:"pid,omitempty"`
+	ExitCode int    `json:"exit_code"`
+	Signal   int    `json:"signal,omitempty"`
+	Message  string `json:"message,omitempty"`
+	// BootNS is CLOCK_BOOTTIME in the guest when the event happened.
+	BootNS int64 `json:"boot_ns,omitempty"`
+}
+
+// Frame is one message on the channel: a type byte, a 4-byte big-endian
+// payload length, then the payload.
+type Frame struct {
+	Type    byte
+	Payload []byte
+}
+
+// ErrFrameTooLarge is returned for a frame whose length exceeds MaxPayload.
+var ErrFrameTooLarge = errors.New("frame too large")
+
+// WriteFrame writes one frame in a single Write call.
+func WriteFrame(w io.Writer, typ byte, payload []byte) error {
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("write frame type %d: %w (%d bytes)", typ, ErrFrameTooLarge, len(payload))
+	}
+	buf := make([]byte, 5+len(payload))
+	buf[0] = typ
+	binary.BigEndian.PutUint32(buf[1:5], uint32(len(payload)))
+	copy(buf[5:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// WriteJSON writes v as the JSON payload of a frame.
+func WriteJSON(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return WriteFrame(w, typ, b)
+}
+
+// ReadFrame reads one frame. It returns io.EOF only when the stream ends
+// cleanly between frames.
+func ReadFrame(r io.Reader) (Frame, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return Frame{}, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:5])
+	if n > MaxPayload {
+		return Frame{}, fmt.Errorf("read frame type %d: %w (%d bytes)", hdr[0], ErrFrameTooLarge, n)
+	}
+	f := Frame{Type: hdr[0], Payload: make([]byte, n)}
+	if _, err := io.ReadFull(r, f.Payload); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return Frame{}, err
+	}
+	return f, nil
+}

@@ -1,0 +1,419 @@
+// Package instance is flick's engine: it creates instances from images,
+// boots them through a vmm.Driver, talks to flick-init over the agent
+// channel, records every boot phase and keeps the state in the store so
+// that a restarted daemon finds its VMs again.
+package instance
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/store"
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+const bucket = "instances"
+
+// Images is what the engine needs of the image store.
+type Images interface {
+	Resolve(ctx context.Context, ref string) (api.Image, error)
+	RootDisk(ctx context.Context, digest string) (path, fstype string, err error)
+}
+
+// Config configures a Manager.
+type Config struct {
+	Root   string // instance directories live under Root/instances
+	RunDir string // short directory for unix sockets; default Root/run
+	DB     *store.DB
+	Images Images
+	Driver vmm.Driver
+	Logger *slog.Logger
+
+	Kernel string // default guest kernel (vmlinux)
+	Initrd string // initramfs holding flick-init
+	// Cmdline returns the guest kernel command line for an accelerator.
+	Cmdline func(accel string) string
+
+	BootTimeout   time.Duration // default 30 s
+	DataSizeMiB   int           // size of each writable layer, default 2048
+	DefaultMemMiB int           // default 128
+}
+
+// Manager owns every instance of one daemon.
+type Manager struct {
+	cfg      Config
+	log      *slog.Logger
+	template string
+
+	mu  sync.Mutex
+	all map[string]*inst // by id
+
+	closing chan struct{}
+	wg      sync.WaitGroup
+}
+
+// record is what the store keeps of an instance.
+type record struct {
+	api.Instance
+	ImageConfig api.ImageConfig `json:"image_config"`
+	Handle      *vmm.Handle     `json:"handle,omitempty"`
+	Dir         string          `json:"dir"`
+	RunDir      string          `json:"run_dir"`
+	// KilledByHost is set when the daemon had to end the VMM itself.
+	KilledByHost bool `json:"killed_by_host,omitempty"`
+}
+
+func (r *record) active() bool {
+	switch r.State {
+	case api.StateStarting, api.StateRunning, api.StateStopping:
+		return true
+	}
+	return false
+}
+
+type inst struct {
+	// op serialises lifecycle operations (start, stop, rm) on one instance.
+	op sync.Mutex
+
+	mu      sync.Mutex
+	rec     record
+	run     *running
+	changed chan struct{}
+}
+
+func (in *inst) logPath() string     { return filepath.Join(in.rec.Dir, "app.log") }
+func (in *inst) consolePath() string { return filepath.Join(in.rec.Dir, "console.log") }
+
+// notify wakes everyone waiting for a change of this instance; in.mu held.
+func (in *inst) notifyLocked() {
+	close(in.changed)
+	in.changed = make(chan struct{})
+}
+
+func (in *inst) notify() {
+	in.mu.Lock()
+	in.notifyLocked()
+	in.mu.Unlock()
+}
+
+// New loads the instances from the store and reconciles them with the VMs
+// that are still running: live ones are re-attached, dead ones marked exited.
+func New(ctx context.Context, cfg Config) (*Manager, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.RunDir == "" {
+		cfg.RunDir = filepath.Join(cfg.Root, "run")
+	}
+	if cfg.BootTimeout == 0 {
+		cfg.BootTimeout = 30 * time.Second
+	}
+	if cfg.DataSizeMiB == 0 {
+		cfg.DataSizeMiB = 2048
+	}
+	if cfg.DefaultMemMiB == 0 {
+		cfg.DefaultMemMiB = 128
+	}
+	for _, d := range []string{filepath.Join(cfg.Root, "instances"), cfg.RunDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	tpl, err := dataTemplate(ctx, filepath.Join(cfg.Root, "templates"), cfg.DataSizeMiB)
+	if err != nil {
+		return nil, err
+	}
+	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{})}
+	var recs []record
+	err = cfg.DB.View(func(tx *store.Tx) error {
+		return tx.ForEach(bucket, func(_ string, raw []byte) error {
+			var r record
+			if err := json.Unmarshal(raw, &r); err != nil {
+				return err
+			}
+			recs = append(recs, r)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load instances: %w", err)
+	}
+	for _, r := range recs {
+		in := &inst{rec: r, changed: make(chan struct{})}
+		m.all[r.ID] = in
+		if r.active() {
+			m.reattach(ctx, in)
+		}
+	}
+	return m, nil
+}
+
+// Close detaches from every VM without stopping it: the VMs outlive the
+// daemon and the next one re-attaches.
+func (m *Manager) Close() {
+	close(m.closing)
+	m.mu.Lock()
+	for _, in := range m.all {
+		in.mu.Lock()
+		if in.run != nil {
+			in.run.detach()
+		}
+		in.mu.Unlock()
+	}
+	m.mu.Unlock()
+	m.wg.Wait()
+}
+
+func newID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$`)
+
+// lookup finds an instance by id, name or unique id prefix.
+func (m *Manager) lookup(ref string) (*inst, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lookupLocked(ref)
+}
+
+func (m *Manager) lookupLocked(ref string) (*inst, error) {
+	if ref == "" {
+		return nil, errdefs.InvalidArgument("no instance named: give a name or id")
+	}
+	if in, ok := m.all[ref]; ok {
+		return in, nil
+	}
+	var byPrefix []*inst
+	for _, in := range m.all {
+		if in.rec.Name == ref {
+			return in, nil
+		}
+		if strings.HasPrefix(in.rec.ID, ref) {
+			byPrefix = append(byPrefix, in)
+		}
+	}
+	switch len(byPrefix) {
+	case 1:
+		return byPrefix[0], nil
+	case 0:
+		return nil, errdefs.NotFound("no such instance: %s", ref)
+	}
+	return nil, errdefs.InvalidArgument("instance id prefix %s is ambiguous: give more of the id or the name", ref)
+}
+
+// persist writes the record; in.mu held.
+func (m *Manager) persistLocked(in *inst) {
+	if err := m.cfg.DB.Put(bucket, in.rec.ID, in.rec); err != nil {
+		m.log.Error("persist instance", "vm", in.rec.ID, "err", err)
+	}
+}
+
+func (m *Manager) view(in *inst) api.Instance {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	v := in.rec.Instance
+	v.Config.Env = append([]string(nil), v.Config.Env...)
+	v.ConsoleLog = in.consolePath()
+	if in.run != nil {
+		v.RSSBytes = in.run.vm.RSS()
+		v.PID = in.run.vm.Handle().PID
+	}
+	if v.Phases == nil {
+		v.Phases = map[string]float64{}
+	}
+	return v
+}
+
+// Create makes an instance of an image that is present locally.
+func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Instance, error) {
+	if req.Image == "" {
+		return api.Instance{}, errdefs.InvalidArgument("no image given")
+	}
+	if req.Name != "" && !nameRE.MatchString(req.Name) {
+		return api.Instance{}, errdefs.InvalidArgument("invalid instance name %q: use letters, digits, '_', '.' and '-', starting with a letter or digit", req.Name)
+	}
+	if req.CPUs < 0 || req.CPUs > 64 {
+		return api.Instance{}, errdefs.InvalidArgument("invalid --cpus %d: give 1 to 64", req.CPUs)
+	}
+	if req.MemoryMiB != 0 && (req.MemoryMiB < 32 || req.MemoryMiB > 1<<20) {
+		return api.Instance{}, errdefs.InvalidArgument("invalid --memory %d MiB: give at least 32M", req.MemoryMiB)
+	}
+	switch req.Accel {
+	case "", "auto", "kvm", "tcg":
+	default:
+		return api.Instance{}, errdefs.InvalidArgument("invalid --accel %q: give auto, kvm or tcg", req.Accel)
+	}
+	for _, e := range req.Env {
+		if k, _, _ := strings.Cut(e, "="); k == "" {
+			return api.Instance{}, errdefs.InvalidArgument("invalid environment variable %q: give KEY=VALUE", e)
+		}
+	}
+	if req.StopSignal != "" {
+		if _, err := ParseSignal(req.StopSignal); err != nil {
+			return api.Instance{}, err
+		}
+	}
+	img, err := m.cfg.Images.Resolve(ctx, req.Image)
+	if err != nil {
+		if errors.Is(err, errdefs.ErrNotFound) {
+			return api.Instance{}, errdefs.NotFound("image %s not found locally: pull it with flick pull %s", req.Image, req.Image)
+		}
+		return api.Instance{}, err
+	}
+	if _, err := guestArgs(img.Config, req.InstanceConfig); err != nil {
+		return api.Instance{}, err
+	}
+	if req.Kernel != "" {
+		if _, err := os.Stat(req.Kernel); err != nil {
+			return api.Instance{}, errdefs.InvalidArgument("kernel %s: %v", req.Kernel, err)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	id := newID()
+	name := req.Name
+	if name == "" {
+		name = randomName(func(n string) bool { _, err := m.lookupLocked(n); return err == nil })
+	}
+	for _, in := range m.all {
+		if in.rec.Name == name {
+			return api.Instance{}, errdefs.Conflict("name %s is already in use by instance %s: remove it (flick rm %s) or choose another name", name, in.rec.ID[:12], name)
+		}
+	}
+	dir := filepath.Join(m.cfg.Root, "instances", id)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return api.Instance{}, err
+	}
+	cfg := req.InstanceConfig
+	if cfg.CPUs == 0 {
+		cfg.CPUs = 1
+	}
+	if cfg.MemoryMiB == 0 {
+		cfg.MemoryMiB = m.cfg.DefaultMemMiB
+	}
+	if cfg.StopTimeout == 0 {
+		cfg.StopTimeout = 10
+	}
+	in := &inst{changed: make(chan struct{}), rec: record{
+		Instance: api.Instance{
+			ID: id, Name: name, State: api.StateCreated, Image: req.Image, ImageID: img.Digest,
+			Created: time.Now().UTC(), Config: cfg, Phases: map[string]float64{},
+		},
+		ImageConfig: img.Config,
+		Dir:         dir,
+		RunDir:      filepath.Join(m.cfg.RunDir, id),
+	}}
+	if err := m.cfg.DB.Put(bucket, id, in.rec); err != nil {
+		os.RemoveAll(dir)
+		return api.Instance{}, fmt.Errorf("create instance: %w", err)
+	}
+	m.all[id] = in
+	return m.view(in), nil
+}
+
+// Get returns one instance.
+func (m *Manager) Get(_ context.Context, ref string) (api.Instance, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	return m.view(in), nil
+}
+
+// List returns the instances, newest first; only active ones unless all.
+func (m *Manager) List(_ context.Context, all bool) []api.Instance {
+	m.mu.Lock()
+	ins := make([]*inst, 0, len(m.all))
+	for _, in := range m.all {
+		ins = append(ins, in)
+	}
+	m.mu.Unlock()
+	out := make([]api.Instance, 0, len(ins))
+	for _, in := range ins {
+		v := m.view(in)
+		if all || v.State == api.StateStarting || v.State == api.StateRunning || v.State == api.StateStopping {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.After(out[j].Created) })
+	return out
+}
+
+// InUse reports the name of an instance that uses the image digest; with
+// onlyActive, only an instance that is starting, running or stopping counts.
+func (m *Manager) InUse(digest string, onlyActive bool) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, in := range m.all {
+		in.mu.Lock()
+		d, n, active := in.rec.ImageID, in.rec.Name, in.rec.active()
+		in.mu.Unlock()
+		if d == digest && (active || !onlyActive) {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// Remove deletes an instance and everything it left on disk. A running one
+// needs force, which kills it.
+func (m *Manager) Remove(ctx context.Context, ref string, force bool) error {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	return m.removeLocked(ctx, in, force)
+}
+
+// removeLocked removes an instance; in.op held.
+func (m *Manager) removeLocked(ctx context.Context, in *inst, force bool) error {
+	in.mu.Lock()
+	run, active, name := in.run, in.rec.active(), in.rec.Name
+	in.mu.Unlock()
+	if active && !force {
+		return errdefs.Conflict("instance %s is %s: stop it first or remove it with flick rm -f %s", name, in.rec.State, name)
+	}
+	if run != nil {
+		run.kill()
+		select {
+		case <-run.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	m.mu.Lock()
+	delete(m.all, in.rec.ID)
+	m.mu.Unlock()
+	if err := m.cfg.DB.Delete(bucket, in.rec.ID); err != nil {
+		return fmt.Errorf("remove instance %s: %w", name, err)
+	}
+	_ = os.RemoveAll(in.rec.RunDir)
+	if err := os.RemoveAll(in.rec.Dir); err != nil {
+		return fmt.Errorf("remove instance %s: %w", name, err)
+	}
+	in.mu.Lock()
+	in.rec.State = "removed"
+	in.notifyLocked()
+	in.mu.Unlock()
+	return nil
+}

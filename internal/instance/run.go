@@ -1,0 +1,675 @@
+package instance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// running is the daemon's side of one live VM.
+type running struct {
+	vm    vmm.VM
+	agent net.Conn
+	wmu   sync.Mutex // serialises frames to the guest
+
+	hello  chan wire.Hello
+	events chan wire.Event
+
+	mu       sync.Mutex
+	exit     *wire.Event // the "exited" or "failed" event, once it came
+	killed   bool        // the host ended the VMM itself
+	detached bool        // the daemon is going away; the VM goes on
+
+	exitOnce sync.Once
+	exited   chan struct{} // closed when exit is set
+	// readerDone is closed when the agent connection has been read to its end.
+	readerDone chan struct{}
+	// finished is closed when the instance's final state is recorded.
+	finished chan struct{}
+}
+
+func newRunning(vm vmm.VM) *running {
+	return &running{
+		vm:         vm,
+		hello:      make(chan wire.Hello, 1),
+		events:     make(chan wire.Event, 8),
+		exited:     make(chan struct{}),
+		readerDone: make(chan struct{}),
+		finished:   make(chan struct{}),
+	}
+}
+
+func (r *running) send(typ byte, payload []byte) error {
+	r.wmu.Lock()
+	defer r.wmu.Unlock()
+	if r.agent == nil {
+		return errdefs.Unavailable("agent channel not connected")
+	}
+	_ = r.agent.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return wire.WriteFrame(r.agent, typ, payload)
+}
+
+func (r *running) signal(sig syscall.Signal) error {
+	return r.send(wire.TypeSignal, []byte{byte(sig)})
+}
+
+func (r *running) kill() {
+	r.mu.Lock()
+	r.killed = true
+	r.mu.Unlock()
+	_ = r.vm.Kill()
+}
+
+func (r *running) detach() {
+	r.mu.Lock()
+	r.detached = true
+	r.mu.Unlock()
+	if r.agent != nil {
+		r.agent.Close()
+	}
+}
+
+// readFrames runs for the life of the agent connection: output goes to the
+// log, events to the boot sequence and the exit record.
+func (m *Manager) readFrames(r *running, logs *logWriter) {
+	defer close(r.readerDone)
+	for {
+		f, err := wire.ReadFrame(r.agent)
+		if err != nil {
+			return
+		}
+		switch f.Type {
+		case wire.TypeHello:
+			var h wire.Hello
+			_ = json.Unmarshal(f.Payload, &h)
+			select {
+			case r.hello <- h:
+			default:
+			}
+		case wire.TypeStdout:
+			logs.write("stdout", f.Payload)
+		case wire.TypeStderr:
+			logs.write("stderr", f.Payload)
+		case wire.TypeEvent:
+			var ev wire.Event
+			if json.Unmarshal(f.Payload, &ev) != nil {
+				continue
+			}
+			if ev.Kind == wire.EventExited || ev.Kind == wire.EventFailed {
+				r.mu.Lock()
+				r.exit = &ev
+				r.mu.Unlock()
+				r.exitOnce.Do(func() { close(r.exited) })
+				_ = r.send(wire.TypeAck, nil)
+			}
+			select {
+			case r.events <- ev:
+			default:
+			}
+		}
+	}
+}
+
+// Start boots an instance and returns once its app is running, with every
+// boot phase recorded. The boot belongs to the daemon: it goes on, or is
+// rolled back, whatever happens to the caller's request.
+func (m *Manager) Start(ctx context.Context, ref string) (api.Instance, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	return m.startLocked(context.WithoutCancel(ctx), in)
+}
+
+func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, error) {
+	t0 := time.Now()
+	in.mu.Lock()
+	if in.rec.active() {
+		in.mu.Unlock()
+		return m.view(in), errdefs.Conflict("instance %s is already %s", in.rec.Name, in.rec.State)
+	}
+	if in.rec.State == "removed" {
+		in.mu.Unlock()
+		return api.Instance{}, errdefs.NotFound("no such instance: %s", in.rec.Name)
+	}
+	in.rec.State = api.StateStarting
+	in.rec.Error = ""
+	in.rec.ExitCode = nil
+	in.rec.Finished = nil
+	in.rec.KilledByHost = false
+	in.rec.Phases = map[string]float64{}
+	in.rec.BootMS = 0
+	rec := in.rec
+	m.persistLocked(in)
+	in.notifyLocked()
+	in.mu.Unlock()
+
+	phases := map[string]float64{}
+	mark := func(name string, since time.Time) time.Time {
+		now := time.Now()
+		phases[name] = float64(now.Sub(since).Microseconds()) / 1000
+		return now
+	}
+	fail := func(err error) (api.Instance, error) {
+		in.mu.Lock()
+		in.rec.State = api.StateFailed
+		in.rec.Error = err.Error()
+		now := time.Now().UTC()
+		in.rec.Finished = &now
+		in.rec.Phases = phases
+		in.rec.Handle = nil
+		m.persistLocked(in)
+		in.notifyLocked()
+		in.mu.Unlock()
+		_ = os.RemoveAll(rec.RunDir)
+		return m.view(in), err
+	}
+
+	ctx, cancel := context.WithTimeout(ctx, m.cfg.BootTimeout)
+	defer cancel()
+
+	// Phase image: the digest and config the instance was created from.
+	img, err := m.cfg.Images.Resolve(ctx, rec.ImageID)
+	if err != nil {
+		return fail(fmt.Errorf("image %s: %w", rec.Image, err))
+	}
+	t := mark(api.PhaseImage, t0)
+
+	// Phase disk: the shared root disk and this instance's writable layer.
+	rootDisk, fstype, err := m.cfg.Images.RootDisk(ctx, img.Digest)
+	if err != nil {
+		return fail(fmt.Errorf("root disk of %s: %w", rec.Image, err))
+	}
+	dataDisk := filepath.Join(rec.Dir, "data.ext4")
+	if _, err := os.Stat(dataDisk); errors.Is(err, os.ErrNotExist) {
+		if err := sparseCopy(m.template, dataDisk); err != nil {
+			return fail(fmt.Errorf("writable layer: %w", err))
+		}
+	}
+	args, err := guestArgs(img.Config, rec.Config)
+	if err != nil {
+		return fail(err)
+	}
+	gc := wire.Config{
+		ID: rec.ID, Hostname: rec.Name,
+		Args: args, Env: mergeEnv(img.Config.Env, rec.Config.Env),
+		WorkingDir: firstNonEmpty(rec.Config.WorkingDir, img.Config.WorkingDir),
+		User:       firstNonEmpty(rec.Config.User, img.Config.User),
+		RootDevice: "root", RootFSType: fstype, DataDevice: "data",
+	}
+	if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
+		return fail(err)
+	}
+	cfgPath := filepath.Join(rec.RunDir, "config.json")
+	b, _ := json.Marshal(gc)
+	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
+		return fail(err)
+	}
+	t = mark(api.PhaseDisk, t)
+
+	// Phase vmm: the VMM process, paused, with QMP answering.
+	accel := vmm.PickAccel(rec.Config.Accel)
+	kernel := firstNonEmpty(rec.Config.Kernel, m.cfg.Kernel)
+	if _, err := os.Stat(kernel); err != nil {
+		return fail(errdefs.Unavailable("guest kernel %s not found: build it with make kernel, or give flickd --kernel", kernel))
+	}
+	consoleLog := in.consolePath()
+	_ = os.Truncate(consoleLog, 0)
+	vm, err := m.cfg.Driver.Start(ctx, vmm.Spec{
+		ID: rec.ID, Dir: rec.RunDir, Kernel: kernel, Initrd: m.cfg.Initrd, Cmdline: m.cfg.Cmdline(accel),
+		CPUs: rec.Config.CPUs, MemoryMiB: rec.Config.MemoryMiB, Accel: accel,
+		Disks: []vmm.Disk{
+			{Path: rootDisk, Serial: "root", ReadOnly: true},
+			{Path: dataDisk, Serial: "data"},
+		},
+		GuestConfig: cfgPath, ConsoleLog: consoleLog,
+	})
+	if err != nil {
+		return fail(err)
+	}
+	r := newRunning(vm)
+	rollback := func(err error) (api.Instance, error) {
+		r.kill()
+		<-vm.Done()
+		if r.agent != nil {
+			r.agent.Close()
+		}
+		return fail(fmt.Errorf("%w; console: %s", err, vmm.LastLines(readFileString(consoleLog), 8)))
+	}
+	h := vm.Handle()
+	in.mu.Lock()
+	in.rec.Handle = &h
+	in.rec.Accel = accel
+	m.persistLocked(in)
+	in.mu.Unlock()
+	conn, err := vm.DialAgent(ctx)
+	if err != nil {
+		return rollback(err)
+	}
+	r.agent = conn
+	logs, err := openLog(in.logPath(), in.notify)
+	if err != nil {
+		return rollback(err)
+	}
+	go m.readFrames(r, logs)
+	if err := vm.Resume(ctx); err != nil {
+		logs.close()
+		return rollback(err)
+	}
+	t = mark(api.PhaseVMM, t)
+
+	// Phases kernel, init and app, from flick-init's messages.
+	wait := func(what string) (wire.Event, error) {
+		for {
+			select {
+			case ev := <-r.events:
+				return ev, nil
+			case <-vm.Done():
+				return wire.Event{}, fmt.Errorf("vmm exited while waiting for %s", what)
+			case <-ctx.Done():
+				return wire.Event{}, fmt.Errorf("guest did not boot within %s (waiting for %s)", m.cfg.BootTimeout, what)
+			}
+		}
+	}
+	select {
+	case <-r.hello:
+	case <-vm.Done():
+		logs.close()
+		return rollback(errors.New("vmm exited before flick-init started"))
+	case <-ctx.Done():
+		logs.close()
+		return rollback(fmt.Errorf("guest did not boot within %s (no word from flick-init)", m.cfg.BootTimeout))
+	}
+	t = mark(api.PhaseKernel, t)
+	ev, err := wait("flick-init to set up")
+	if err == nil && ev.Kind == wire.EventFailed {
+		err = fmt.Errorf("guest init: %s", ev.Message)
+	}
+	if err != nil {
+		logs.close()
+		return rollback(err)
+	}
+	t = mark(api.PhaseInit, t)
+	if ev.Kind == wire.EventExec {
+		ev, err = wait("the app to start")
+		if err == nil && ev.Kind == wire.EventFailed {
+			err = fmt.Errorf("start app: %s", ev.Message)
+		}
+		if err != nil {
+			logs.close()
+			return rollback(err)
+		}
+	}
+	mark(api.PhaseApp, t)
+
+	now := time.Now().UTC()
+	in.mu.Lock()
+	in.run = r
+	in.rec.State = api.StateRunning
+	in.rec.Started = &now
+	in.rec.Phases = phases
+	in.rec.BootMS = float64(time.Since(t0).Microseconds()) / 1000
+	m.persistLocked(in)
+	in.notifyLocked()
+	in.mu.Unlock()
+	m.log.Info("started", "vm", rec.ID, "name", rec.Name, "boot_ms", in.rec.BootMS, "accel", accel)
+
+	m.wg.Add(1)
+	go m.monitor(in, r, logs)
+	return m.view(in), nil
+}
+
+// monitor waits for the VMM to exit and records how the app ended.
+func (m *Manager) monitor(in *inst, r *running, logs *logWriter) {
+	defer m.wg.Done()
+	select {
+	case <-r.vm.Done():
+	case <-m.closing:
+		return
+	case <-r.exited:
+		// After the app's exit the guest powers off by itself; one that
+		// does not within a grace period is ended.
+		select {
+		case <-r.vm.Done():
+		case <-m.closing:
+			return
+		case <-time.After(10 * time.Second):
+			r.kill()
+			<-r.vm.Done()
+		}
+	}
+	r.mu.Lock()
+	detached := r.detached
+	r.mu.Unlock()
+	if detached {
+		return
+	}
+	m.finish(in, r, logs)
+}
+
+// finish records the final state of an instance whose VMM has exited.
+func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
+	if r.agent != nil {
+		// The guest is gone; let the reader drain what it had sent.
+		select {
+		case <-r.readerDone:
+		case <-time.After(time.Second):
+		}
+		r.agent.Close()
+	}
+	logs.close()
+	r.mu.Lock()
+	exit, killed := r.exit, r.killed
+	r.mu.Unlock()
+	now := time.Now().UTC()
+	in.mu.Lock()
+	in.run = nil
+	in.rec.Handle = nil
+	in.rec.Finished = &now
+	in.rec.KilledByHost = killed
+	in.rec.State = api.StateExited
+	switch {
+	case exit != nil && exit.Kind == wire.EventFailed:
+		in.rec.State = api.StateFailed
+		in.rec.Error = exit.Message
+	case exit != nil:
+		code := exit.ExitCode
+		in.rec.ExitCode = &code
+	case killed:
+		code := 128 + int(syscall.SIGKILL)
+		in.rec.ExitCode = &code
+	default:
+		in.rec.State = api.StateFailed
+		in.rec.Error = "vmm exited without the app exiting: " + vmm.LastLines(readFileString(in.consolePath()), 8)
+	}
+	auto := in.rec.Config.AutoRemove
+	m.persistLocked(in)
+	in.notifyLocked()
+	runDir := in.rec.RunDir
+	in.mu.Unlock()
+	close(r.finished)
+	_ = os.RemoveAll(runDir)
+	m.log.Info("exited", "vm", in.rec.ID, "name", in.rec.Name, "state", in.rec.State)
+	if auto {
+		go func() {
+			in.op.Lock()
+			defer in.op.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			if err := m.removeLocked(ctx, in, false); err != nil {
+				m.log.Error("auto-remove", "vm", in.rec.ID, "err", err)
+			}
+		}()
+	}
+}
+
+// reattach finds the VM of an instance that was active when the last
+// daemon stopped; in is not yet shared.
+func (m *Manager) reattach(ctx context.Context, in *inst) {
+	rec := &in.rec
+	dead := func(reason string) {
+		rec.State = api.StateExited
+		rec.Error = reason
+		now := time.Now().UTC()
+		rec.Finished = &now
+		rec.Handle = nil
+		m.persistLocked(in)
+		_ = os.RemoveAll(rec.RunDir)
+	}
+	if rec.Handle == nil || rec.State == api.StateStarting {
+		if rec.Handle != nil {
+			if vm, err := m.cfg.Driver.Attach(ctx, *rec.Handle); err == nil {
+				_ = vm.Kill()
+				<-vm.Done()
+			}
+		}
+		rec.State = api.StateFailed
+		m.persistLocked(in)
+		dead("flickd stopped while the instance was starting")
+		rec.State = api.StateFailed
+		m.persistLocked(in)
+		return
+	}
+	vm, err := m.cfg.Driver.Attach(ctx, *rec.Handle)
+	if err != nil {
+		dead("vmm exited while flickd was down")
+		return
+	}
+	r := newRunning(vm)
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	conn, err := vm.DialAgent(dctx)
+	cancel()
+	if err != nil {
+		m.log.Error("reattach agent", "vm", rec.ID, "err", err)
+	} else {
+		r.agent = conn
+	}
+	logs, err := openLog(in.logPath(), in.notify)
+	if err != nil {
+		m.log.Error("reattach log", "vm", rec.ID, "err", err)
+		return
+	}
+	in.run = r
+	if r.agent != nil {
+		go m.readFrames(r, logs)
+	} else {
+		close(r.readerDone)
+	}
+	m.log.Info("re-attached", "vm", rec.ID, "name", rec.Name, "pid", rec.Handle.PID)
+	m.wg.Add(1)
+	go m.monitor(in, r, logs)
+}
+
+// Stop sends the stop signal, waits up to timeout for the app to exit,
+// then kills it.
+func (m *Manager) Stop(ctx context.Context, ref string, timeout time.Duration) (api.Instance, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	return m.stopLocked(ctx, in, timeout)
+}
+
+func (m *Manager) stopLocked(ctx context.Context, in *inst, timeout time.Duration) (api.Instance, error) {
+	in.mu.Lock()
+	r := in.run
+	if r == nil {
+		in.mu.Unlock()
+		return m.view(in), nil
+	}
+	if timeout < 0 {
+		timeout = time.Duration(in.rec.Config.StopTimeout) * time.Second
+	}
+	sigName := firstNonEmpty(in.rec.Config.StopSignal, in.rec.ImageConfig.StopSignal, "SIGTERM")
+	in.rec.State = api.StateStopping
+	m.persistLocked(in)
+	in.notifyLocked()
+	in.mu.Unlock()
+
+	sig, err := ParseSignal(sigName)
+	if err != nil {
+		sig = syscall.SIGTERM
+	}
+	if err := r.signal(sig); err != nil {
+		r.kill()
+	}
+	select {
+	case <-r.finished:
+		return m.view(in), nil
+	case <-time.After(timeout):
+	case <-ctx.Done():
+		return m.view(in), ctx.Err()
+	}
+	if err := r.signal(syscall.SIGKILL); err != nil {
+		r.kill()
+	}
+	select {
+	case <-r.finished:
+		return m.view(in), nil
+	case <-time.After(3 * time.Second):
+	case <-ctx.Done():
+		return m.view(in), ctx.Err()
+	}
+	r.kill()
+	select {
+	case <-r.finished:
+	case <-ctx.Done():
+		return m.view(in), ctx.Err()
+	}
+	return m.view(in), nil
+}
+
+// Kill sends a signal to the app.
+func (m *Manager) Kill(ctx context.Context, ref string, sigName string) (api.Instance, error) {
+	sig, err := ParseSignal(firstNonEmpty(sigName, "KILL"))
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in.mu.Lock()
+	r := in.run
+	name := in.rec.Name
+	in.mu.Unlock()
+	if r == nil {
+		return api.Instance{}, errdefs.Conflict("instance %s is not running", name)
+	}
+	if err := r.signal(sig); err != nil {
+		if sig != syscall.SIGKILL {
+			return api.Instance{}, fmt.Errorf("signal %s: %w", name, err)
+		}
+		r.kill()
+	}
+	return m.view(in), nil
+}
+
+// Restart stops and starts an instance.
+func (m *Manager) Restart(ctx context.Context, ref string, timeout time.Duration) (api.Instance, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	if _, err := m.stopLocked(ctx, in, timeout); err != nil {
+		return api.Instance{}, err
+	}
+	return m.startLocked(context.WithoutCancel(ctx), in)
+}
+
+// Wait blocks until the instance is no longer created, starting, running
+// or stopping, and returns how it ended.
+func (m *Manager) Wait(ctx context.Context, ref string) (api.WaitResponse, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.WaitResponse{}, err
+	}
+	for {
+		in.mu.Lock()
+		rec, changed := in.rec, in.changed
+		in.mu.Unlock()
+		if !rec.active() && rec.State != api.StateCreated {
+			resp := api.WaitResponse{ExitCode: -1, Error: rec.Error}
+			if rec.ExitCode != nil {
+				resp.ExitCode = *rec.ExitCode
+			}
+			return resp, nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return api.WaitResponse{}, ctx.Err()
+		}
+	}
+}
+
+// Console returns the last n lines of the kernel and VMM console (all when
+// n < 0).
+func (m *Manager) Console(_ context.Context, ref string, n int) (string, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return "", err
+	}
+	s := readFileString(in.consolePath())
+	if n >= 0 {
+		lines := strings.SplitAfter(s, "\n")
+		if len(lines) > 0 && lines[len(lines)-1] == "" {
+			lines = lines[:len(lines)-1]
+		}
+		if len(lines) > n {
+			lines = lines[len(lines)-n:]
+		}
+		s = strings.Join(lines, "")
+	}
+	return s, nil
+}
+
+func readFileString(path string) string {
+	b, _ := os.ReadFile(path)
+	return string(b)
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+// guestArgs resolves the command line as Docker does: --entrypoint
+// replaces the image's entrypoint and drops its cmd; a cmd replaces the
+// image's cmd.
+func guestArgs(img api.ImageConfig, c api.InstanceConfig) ([]string, error) {
+	entry, cmd := img.Entrypoint, img.Cmd
+	if len(c.Entrypoint) > 0 {
+		entry, cmd = c.Entrypoint, nil
+	}
+	if len(c.Cmd) > 0 {
+		cmd = c.Cmd
+	}
+	args := append(append([]string(nil), entry...), cmd...)
+	if len(args) == 0 || args[0] == "" {
+		return nil, errdefs.InvalidArgument("no command to run: the image has no entrypoint or cmd; give one after the image name")
+	}
+	return args, nil
+}
+
+// mergeEnv returns base with each K=V of over replacing base's K.
+func mergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		replaced := false
+		for i, b := range out {
+			if bk, _, _ := strings.Cut(b, "="); bk == k {
+				out[i] = kv
+				replaced = true
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
+}

@@ -1,0 +1,320 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/vmm/qmp"
+)
+
+// QEMUConfig configures the QEMU driver.
+type QEMUConfig struct {
+	// Binary is the qemu-system-x86_64 to run; found in PATH when empty.
+	Binary string
+	// RAMDir holds the guest RAM files (a tmpfs such as /dev/shm), so that
+	// guest memory is a file that snapshots can map.
+	RAMDir string
+}
+
+// QEMU drives qemu-system-x86_64 with the microvm machine.
+type QEMU struct {
+	binary string
+	ramDir string
+}
+
+var _ Driver = (*QEMU)(nil)
+
+// NewQEMU checks that QEMU is installed and returns the driver.
+func NewQEMU(cfg QEMUConfig) (*QEMU, error) {
+	bin := cfg.Binary
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	path, err := exec.LookPath(bin)
+	if err != nil {
+		return nil, errdefs.Unavailable("%s not found: install it with apt-get install qemu-system-x86", bin)
+	}
+	ramDir := cfg.RAMDir
+	if ramDir == "" {
+		ramDir = "/dev/shm/flick"
+	}
+	if err := os.MkdirAll(ramDir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu ram dir: %w", err)
+	}
+	return &QEMU{binary: path, ramDir: ramDir}, nil
+}
+
+// Args returns QEMU's command line for spec, without the binary. Every
+// device is on virtio-mmio; there is no firmware, no option ROM and no ACPI.
+func (q *QEMU) Args(spec Spec, qmpSock, agentSock, ramFile string) []string {
+	cpus := max(spec.CPUs, 1)
+	mem := max(spec.MemoryMiB, 16)
+	a := []string{
+		"-nodefaults", "-no-user-config", "-nographic", "-no-reboot", "-S",
+		"-name", "flick-" + spec.ID,
+		"-M", "microvm,acpi=off,x-option-roms=off,rtc=on,isa-serial=on,pic=on,pit=on",
+		"-accel", spec.Accel,
+		"-smp", strconv.Itoa(cpus),
+		"-m", strconv.Itoa(mem) + "M",
+		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", mem, ramFile),
+		"-machine", "memory-backend=mem",
+		"-kernel", spec.Kernel,
+		"-append", spec.Cmdline,
+		"-chardev", "file,id=console,path=" + spec.ConsoleLog + ",append=on",
+		"-serial", "chardev:console",
+	}
+	if spec.Accel == "kvm" {
+		a = append(a, "-cpu", "host")
+	} else {
+		a = append(a, "-cpu", "max")
+	}
+	if spec.Initrd != "" {
+		a = append(a, "-initrd", spec.Initrd)
+	}
+	for i, d := range spec.Disks {
+		id := "disk" + strconv.Itoa(i)
+		drive := fmt.Sprintf("id=%s,file=%s,format=raw,if=none", id, d.Path)
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.Serial))
+	}
+	a = append(a,
+		"-device", "virtio-serial-device,max_ports=2",
+		"-chardev", "socket,id=agent,path="+agentSock+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=flick.0",
+	)
+	if spec.GuestConfig != "" {
+		a = append(a, "-fw_cfg", "name=opt/flick/config,file="+spec.GuestConfig)
+	}
+	a = append(a, "-qmp", "unix:"+qmpSock+",server=on,wait=off")
+	return a
+}
+
+// Start spawns QEMU paused (-S) in its own process group and returns once
+// QMP has answered.
+func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
+	qmpSock := filepath.Join(spec.Dir, "qmp.sock")
+	agentSock := filepath.Join(spec.Dir, "agent.sock")
+	for _, s := range []string{qmpSock, agentSock} {
+		if len(s) >= 108 {
+			return nil, errdefs.InvalidArgument("socket path %s is longer than a unix socket allows: use a shorter --root", s)
+		}
+		_ = os.Remove(s)
+	}
+	ramFile := filepath.Join(q.ramDir, spec.ID+".ram")
+	console, err := os.OpenFile(spec.ConsoleLog, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open console log: %w", err)
+	}
+	defer console.Close()
+
+	cmd := exec.Command(q.binary, q.Args(spec, qmpSock, agentSock, ramFile)...)
+	cmd.Stdout = console
+	cmd.Stderr = console
+	// Its own process group: a signal to the daemon's terminal does not
+	// reach the VMs, which outlive a daemon restart.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start qemu: %w", err)
+	}
+	vm := &qemuVM{
+		handle: Handle{Driver: "qemu", PID: cmd.Process.Pid, QMPSocket: qmpSock, AgentSocket: agentSock},
+		done:   make(chan struct{}),
+		proc:   cmd.Process,
+	}
+	go func() {
+		_ = cmd.Wait()
+		_ = os.Remove(ramFile)
+		close(vm.done)
+	}()
+
+	dctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-vm.done:
+			cancel()
+		case <-dctx.Done():
+		}
+	}()
+	conn, err := qmp.Dial(dctx, qmpSock)
+	cancel()
+	if err != nil {
+		_ = vm.Kill()
+		<-vm.done
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("start qemu: %w", ctx.Err())
+		default:
+		}
+		return nil, fmt.Errorf("qemu exited at start: %s", lastLines(spec.ConsoleLog, 5))
+	}
+	vm.qmp = conn
+	// QEMU has mapped the RAM file by the time QMP answers; unlinking it
+	// now means no exit path of QEMU can leave it behind.
+	_ = os.Remove(ramFile)
+	vm.handle.StartTime, _ = procStartTime(vm.handle.PID)
+	return vm, nil
+}
+
+// Attach re-connects to a QEMU started by an earlier daemon.
+func (q *QEMU) Attach(ctx context.Context, h Handle) (VM, error) {
+	st, err := procStartTime(h.PID)
+	if err != nil || (h.StartTime != 0 && st != h.StartTime) {
+		return nil, errdefs.NotFound("vmm process %d is gone", h.PID)
+	}
+	pidfd, err := unix.PidfdOpen(h.PID, 0)
+	if err != nil {
+		return nil, errdefs.NotFound("vmm process %d: %v", h.PID, err)
+	}
+	proc, err := os.FindProcess(h.PID)
+	if err != nil {
+		unix.Close(pidfd)
+		return nil, err
+	}
+	vm := &qemuVM{handle: h, done: make(chan struct{}), proc: proc}
+	go func() {
+		defer unix.Close(pidfd)
+		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+		for {
+			_, err := unix.Poll(fds, -1)
+			if err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		close(vm.done)
+	}()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := qmp.Dial(cctx, h.QMPSocket)
+	if err != nil {
+		return nil, fmt.Errorf("attach to vmm %d: %w", h.PID, err)
+	}
+	vm.qmp = conn
+	return vm, nil
+}
+
+type qemuVM struct {
+	handle Handle
+	proc   *os.Process
+	qmp    *qmp.Conn
+	done   chan struct{}
+}
+
+func (v *qemuVM) Handle() Handle { return v.handle }
+
+func (v *qemuVM) Resume(ctx context.Context) error {
+	_, err := v.qmp.Execute(ctx, "cont", nil)
+	return err
+}
+
+func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", v.handle.AgentSocket)
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("dial agent %s: %w", v.handle.AgentSocket, err)
+		case <-v.done:
+			return nil, fmt.Errorf("dial agent: vmm exited")
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+func (v *qemuVM) Shutdown(ctx context.Context) error {
+	_, err := v.qmp.Execute(ctx, "quit", nil)
+	if errors.Is(err, qmp.ErrClosed) {
+		return nil
+	}
+	return err
+}
+
+func (v *qemuVM) Kill() error {
+	select {
+	case <-v.done:
+		return nil
+	default:
+	}
+	err := v.proc.Signal(syscall.SIGKILL)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+func (v *qemuVM) Done() <-chan struct{} { return v.done }
+
+func (v *qemuVM) RSS() int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", v.handle.PID))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb * 1024
+		}
+	}
+	return 0
+}
+
+// procStartTime reads field 22 of /proc/PID/stat.
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parse /proc/%d/stat", pid)
+	}
+	// f[0] is field 3 (state); start time is field 22.
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// lastLines returns the last n non-empty lines of a file, joined by " | ".
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "(no console output)"
+	}
+	return LastLines(string(b), n)
+}
+
+// LastLines returns the last n non-empty lines of s, joined by " | ".
+func LastLines(s string, n int) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			out = append(out, l)
+		}
+	}
+	if len(out) > n {
+		out = out[len(out)-n:]
+	}
+	if len(out) == 0 {
+		return "(no console output)"
+	}
+	return strings.Join(out, " | ")
+}

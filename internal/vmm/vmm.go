@@ -1,0 +1,111 @@
+// Package vmm is the seam between flick and the virtual machine monitors it
+// drives. A Driver turns a Spec into a running, paused VM; QEMU is the one
+// implementation today, and Firecracker or Cloud Hypervisor would be others.
+package vmm
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+)
+
+// Disk is one virtio-blk device. Serial is how the guest finds it.
+type Disk struct {
+	Path     string `json:"path"`
+	Serial   string `json:"serial"`
+	ReadOnly bool   `json:"read_only"`
+}
+
+// Spec describes one VM. The device layout (disks in order, one agent
+// port, one console) is fixed so that snapshots of the same image line up.
+type Spec struct {
+	ID        string
+	Dir       string // runtime directory for sockets; must exist
+	Kernel    string // uncompressed vmlinux, booted through its PVH entry
+	Initrd    string
+	Cmdline   string
+	CPUs      int
+	MemoryMiB int
+	Accel     string // "kvm" or "tcg"; see PickAccel
+	Disks     []Disk
+	// GuestConfig is a file whose bytes the guest reads as wire.FwCfgName.
+	GuestConfig string
+	// ConsoleLog receives the serial console (kernel and flick-init) and
+	// the VMM's own stderr.
+	ConsoleLog string
+}
+
+// Handle is what it takes to find a running VM again after the daemon
+// restarts. It is persisted with the instance.
+type Handle struct {
+	Driver      string `json:"driver"`
+	PID         int    `json:"pid"`
+	QMPSocket   string `json:"qmp_socket"`
+	AgentSocket string `json:"agent_socket"`
+	// StartTime is the process's start time in clock ticks since boot, from
+	// /proc/PID/stat, so a reused PID is never mistaken for the VM.
+	StartTime uint64 `json:"start_time"`
+}
+
+// Driver starts VMs and re-attaches to ones it started before.
+type Driver interface {
+	// Start spawns the VM paused: no vCPU has run when it returns.
+	Start(ctx context.Context, spec Spec) (VM, error)
+	// Attach finds a VM from a previous daemon's Handle. It returns an
+	// error of class errdefs.ErrNotFound when that VM is gone.
+	Attach(ctx context.Context, h Handle) (VM, error)
+}
+
+// VM is a VMM process.
+type VM interface {
+	Handle() Handle
+	// Resume starts or continues the vCPUs.
+	Resume(ctx context.Context) error
+	// DialAgent connects to the guest agent channel.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Shutdown asks the VMM to quit at once; the guest gets no say.
+	Shutdown(ctx context.Context) error
+	// Kill ends the VMM process with SIGKILL.
+	Kill() error
+	// Done is closed once the VMM process has exited.
+	Done() <-chan struct{}
+	// RSS is the VMM's resident memory in bytes, 0 when unknown.
+	RSS() int64
+}
+
+// PickAccel resolves "auto" (or "") to "kvm" when the host CPU has
+// hardware virtualisation and /dev/kvm exists, and to "tcg" otherwise. A
+// /dev/kvm without vmx or svm in /proc/cpuinfo is a paravirtual KVM (such as
+// PVM) that cannot run stock guest kernels.
+func PickAccel(want string) string {
+	if want != "" && want != "auto" {
+		return want
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		return "tcg"
+	}
+	info, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "tcg"
+	}
+	if hasVirtFlag(string(info)) {
+		return "kvm"
+	}
+	return "tcg"
+}
+
+func hasVirtFlag(cpuinfo string) bool {
+	for _, line := range strings.Split(cpuinfo, "\n") {
+		if !strings.HasPrefix(line, "flags") {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if f == "vmx" || f == "svm" {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}

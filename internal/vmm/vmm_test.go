@@ -1,0 +1,76 @@
+package vmm
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestHasVirtFlag(t *testing.T) {
+	tests := []struct {
+		name, cpuinfo string
+		want          bool
+	}{
+		{"vmx", "processor : 0\nflags : fpu vme vmx sse\n", true},
+		{"svm", "flags\t\t: fpu svm\n", true},
+		{"pvm host has neither", "processor : 0\nflags : fpu vme sse hypervisor\n", false},
+		{"vmx elsewhere does not count", "model name : vmx\nflags : fpu\n", false},
+		{"empty", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := hasVirtFlag(tt.cpuinfo); got != tt.want {
+				t.Errorf("hasVirtFlag = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestPickAccelOverride(t *testing.T) {
+	for _, want := range []string{"kvm", "tcg"} {
+		if got := PickAccel(want); got != want {
+			t.Errorf("PickAccel(%q) = %q", want, got)
+		}
+	}
+	if got := PickAccel("auto"); got != "kvm" && got != "tcg" {
+		t.Errorf("PickAccel(auto) = %q", got)
+	}
+}
+
+func TestArgs(t *testing.T) {
+	q := &QEMU{binary: "qemu-system-x86_64", ramDir: "/dev/shm/flick"}
+	spec := Spec{
+		ID: "abc", Kernel: "/k/vmlinux", Initrd: "/k/initrd", Cmdline: "console=ttyS0 quiet",
+		CPUs: 2, MemoryMiB: 256, Accel: "tcg", ConsoleLog: "/i/console.log", GuestConfig: "/r/config.json",
+		Disks: []Disk{{Path: "/d/root.erofs", Serial: "root", ReadOnly: true}, {Path: "/i/data.ext4", Serial: "data"}},
+	}
+	args := strings.Join(q.Args(spec, "/r/qmp.sock", "/r/agent.sock", "/dev/shm/flick/abc.ram"), " ")
+	for _, want := range []string{
+		"-M microvm,acpi=off,x-option-roms=off",
+		"-no-reboot -S",
+		"-accel tcg", "-cpu max", "-smp 2", "-m 256M",
+		"memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/flick/abc.ram,share=on",
+		"-kernel /k/vmlinux", "-initrd /k/initrd", "-append console=ttyS0 quiet",
+		"file=/d/root.erofs,format=raw,if=none,readonly=on", "virtio-blk-device,drive=disk0,serial=root",
+		"file=/i/data.ext4,format=raw,if=none -device virtio-blk-device,drive=disk1,serial=data",
+		"virtserialport,chardev=agent,name=flick.0",
+		"-fw_cfg name=opt/flick/config,file=/r/config.json",
+		"-qmp unix:/r/qmp.sock,server=on,wait=off",
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args lack %q:\n%s", want, args)
+		}
+	}
+	spec.Accel = "kvm"
+	if args := strings.Join(q.Args(spec, "q", "a", "r"), " "); !strings.Contains(args, "-cpu host") {
+		t.Errorf("kvm args lack -cpu host: %s", args)
+	}
+}
+
+func TestLastLines(t *testing.T) {
+	if got := LastLines("a\n\nb\nc\n", 2); got != "b | c" {
+		t.Errorf("LastLines = %q", got)
+	}
+	if got := LastLines("", 3); got != "(no console output)" {
+		t.Errorf("LastLines(empty) = %q", got)
+	}
+}

@@ -1,0 +1,69 @@
+#!/bin/sh
+# build-kernel.sh builds flick's guest kernel (an uncompressed PVH vmlinux)
+# from Debian's linux-source tarball, guest/kernel/flick.config (a fragment
+# on top of tinyconfig) and guest/kernel/patches/*.patch. It caches the
+# result at ${XDG_CACHE_HOME:-$HOME/.cache}/flick/kernel/<key>/vmlinux, points
+# .../flick/kernel/vmlinux at it and prints that path. The key hashes the
+# fragment, the patches, this script and the tarball's name and size, so a
+# second run with the same inputs returns at once.
+set -eu
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+src=${FLICK_KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
+fragment=$repo/guest/kernel/flick.config
+patches=$(ls "$repo"/guest/kernel/patches/*.patch 2>/dev/null || true)
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/flick/kernel
+
+[ -f "$src" ] || { echo "build-kernel: $src missing (apt-get install linux-source-6.1)" >&2; exit 1; }
+tarball="$(basename "$src") $(stat -c %s "$src")"
+srckey=$({ echo "$tarball"; [ -z "$patches" ] || cat $patches; } | sha256sum | cut -c1-16)
+key=$({ echo "$srckey"; cat "$fragment" "$0"; } | sha256sum | cut -c1-16)
+out=$cache/$key
+
+if [ ! -f "$out/vmlinux" ]; then
+	# The patched source tree, shared by every config.
+	srcdir=$cache/src-$srckey
+	if [ ! -f "$srcdir/.flick-ready" ]; then
+		echo "build-kernel: unpacking $src" >&2
+		rm -rf "$srcdir"
+		mkdir -p "$srcdir"
+		tar -xf "$src" -C "$srcdir" --strip-components=1
+		for p in $patches; do
+			patch -s -p1 -d "$srcdir" <"$p"
+		done
+		touch "$srcdir/.flick-ready"
+	fi
+
+	build=$cache/build-$key
+	rm -rf "$build"
+	mkdir -p "$build"
+	make -s -C "$srcdir" O="$build" ARCH=x86_64 tinyconfig >/dev/null
+	(cd "$build" && "$srcdir/scripts/kconfig/merge_config.sh" -m -O "$build" "$build/.config" "$fragment" >/dev/null)
+	make -s -C "$srcdir" O="$build" ARCH=x86_64 olddefconfig >/dev/null
+
+	# tinyconfig's dependencies can drop an option without a word: check
+	# that every wanted =y and every wanted "is not set" survived.
+	missing=
+	for opt in $(sed -n 's/^\(CONFIG_[A-Z0-9_]*\)=y$/\1/p' "$fragment"); do
+		grep -qx "$opt=y" "$build/.config" || missing="$missing $opt"
+	done
+	for opt in $(sed -n 's/^# \(CONFIG_[A-Z0-9_]*\) is not set$/\1/p' "$fragment"); do
+		! grep -q "^$opt=" "$build/.config" || missing="$missing !$opt"
+	done
+	if [ -n "$missing" ]; then
+		echo "build-kernel: options not as wanted in $build/.config:$missing" >&2
+		exit 1
+	fi
+
+	echo "build-kernel: building $out/vmlinux" >&2
+	make -s -C "$srcdir" O="$build" ARCH=x86_64 -j"$(nproc)" vmlinux >&2
+	mkdir -p "$out"
+	cp "$build/.config" "$out/config"
+	cp "$build/vmlinux" "$out/vmlinux.tmp"
+	mv "$out/vmlinux.tmp" "$out/vmlinux"
+	rm -rf "$build"
+fi
+
+ln -sfn "$key/vmlinux" "$cache/vmlinux.tmp"
+mv -T "$cache/vmlinux.tmp" "$cache/vmlinux"
+echo "$out/vmlinux"
