@@ -58,7 +58,7 @@ func (a *app) benchCommand() *cobra.Command {
 	var n int
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "bench [OPTIONS] IMAGE [CMD...]",
+		Use:   "bench IMAGE [OPTIONS] [-- CMD...]",
 		Short: "Measure cold boots: create, start and remove an instance n times",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -102,7 +102,8 @@ func (a *app) benchCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().SetInterspersed(false)
+	// Flags may follow the image (flick bench IMAGE -n 20 --json); a
+	// command to run instead of the image's goes after "--".
 	f.register(cmd.Flags(), false)
 	cmd.Flags().IntVarP(&n, "count", "n", 20, "number of cold boots")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -94,9 +94,10 @@ func sparseCopy(src, dst string) error {
 		}
 		off = hole
 	}
-	if err := out.Sync(); err != nil {
-		return err
-	}
+	// No fsync: the copy is renamed into place only when complete, so a
+	// daemon crash never leaves a half-copied layer under the final name,
+	// and a host crash loses the VM's unsynced writes anyway. The fsync
+	// cost 20-60 ms of every first start here.
 	if err := out.Close(); err != nil {
 		return err
 	}
