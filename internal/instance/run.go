@@ -80,6 +80,7 @@ func (r *running) detach() {
 	if r.agent != nil {
 		r.agent.Close()
 	}
+	_ = r.vm.Close()
 }
 
 // readFrames runs for the life of the agent connection: output goes to the

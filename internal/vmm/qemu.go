@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -215,6 +216,11 @@ type qemuVM struct {
 
 func (v *qemuVM) Handle() Handle { return v.handle }
 
+// QMP runs one QMP command; tests use it to look inside.
+func (v *qemuVM) QMP(ctx context.Context, cmd string) (json.RawMessage, error) {
+	return v.qmp.Execute(ctx, cmd, nil)
+}
+
 func (v *qemuVM) Resume(ctx context.Context) error {
 	_, err := v.qmp.Execute(ctx, "cont", nil)
 	return err
@@ -259,6 +265,8 @@ func (v *qemuVM) Kill() error {
 }
 
 func (v *qemuVM) Done() <-chan struct{} { return v.done }
+
+func (v *qemuVM) Close() error { return v.qmp.Close() }
 
 func (v *qemuVM) RSS() int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", v.handle.PID))

@@ -72,6 +72,9 @@ type VM interface {
 	Done() <-chan struct{}
 	// RSS is the VMM's resident memory in bytes, 0 when unknown.
 	RSS() int64
+	// Close lets go of the VMM without stopping it (the daemon is going
+	// away); Attach finds it again.
+	Close() error
 }
 
 // PickAccel resolves "auto" (or "") to "kvm" when the host CPU has

@@ -112,6 +112,7 @@ func newConn(ctx context.Context, c net.Conn) (*Conn, error) {
 func (q *Conn) readLoop(r *bufio.Reader) {
 	var err error
 	defer func() {
+		q.conn.Close()
 		q.mu.Lock()
 		if err == nil {
 			err = ErrClosed

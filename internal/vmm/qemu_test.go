@@ -1,0 +1,129 @@
+package vmm_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest"
+	"github.com/flick-vm/flick/internal/testenv"
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// bootSpec is a VM with the guest kernel and no root at all: once resumed
+// the kernel panics for want of an init, and with panic=-1 and QEMU's
+// -no-reboot the VMM then exits by itself.
+func bootSpec(t *testing.T, kernel string) vmm.Spec {
+	dir, err := os.MkdirTemp("", "vmm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return vmm.Spec{
+		ID: "t" + filepath.Base(dir), Dir: dir, Kernel: kernel,
+		Cmdline: guest.KernelCmdline(guest.CmdlineOptions{Verbose: true}),
+		CPUs:    1, MemoryMiB: 64, Accel: "tcg", ConsoleLog: filepath.Join(dir, "console.log"),
+	}
+}
+
+func newDriver(t *testing.T) (*vmm.QEMU, string) {
+	testenv.RequireQEMU(t)
+	kernel := testenv.RequireKernel(t)
+	q, err := vmm.NewQEMU(vmm.QEMUConfig{RAMDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q, kernel
+}
+
+func status(t *testing.T, ctx context.Context, vm vmm.VM) string {
+	t.Helper()
+	ret, err := vm.(interface {
+		QMP(ctx context.Context, cmd string) (json.RawMessage, error)
+	}).QMP(ctx, "query-status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct{ Status string }
+	json.Unmarshal(ret, &st)
+	return st.Status
+}
+
+func TestQEMULifecycle(t *testing.T) {
+	q, kernel := newDriver(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	spec := bootSpec(t, kernel)
+	vm, err := q.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	if got := status(t, ctx, vm); got != "prelaunch" && got != "paused" {
+		t.Fatalf("status after Start = %q, want paused before any vCPU ran", got)
+	}
+	if vm.RSS() <= 0 {
+		t.Error("RSS of a live VMM is 0")
+	}
+
+	// A restarted daemon re-attaches once the first has let go.
+	if err := vm.Close(); err != nil {
+		t.Fatal(err)
+	}
+	again, err := q.Attach(ctx, vm.Handle())
+	if err != nil {
+		t.Fatalf("Attach to a live VM: %v", err)
+	}
+	if err := again.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.Done():
+	case <-ctx.Done():
+		t.Fatal("the VMM did not exit after the guest panicked")
+	}
+	<-again.Done()
+	console, _ := os.ReadFile(spec.ConsoleLog)
+	if !strings.Contains(string(console), "Kernel panic") {
+		t.Errorf("console shows no kernel panic:\n%s", console)
+	}
+	if _, err := q.Attach(ctx, vm.Handle()); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("Attach to an exited VM: err = %v, want not found", err)
+	}
+}
+
+func TestQEMUKill(t *testing.T) {
+	q, kernel := newDriver(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	vm, err := q.Start(ctx, bootSpec(t, kernel))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.Done():
+	case <-ctx.Done():
+		t.Fatal("Kill did not end the VMM")
+	}
+	if err := vm.Kill(); err != nil {
+		t.Errorf("second Kill: %v", err)
+	}
+}
+
+func TestQEMUStartErrorShowsConsole(t *testing.T) {
+	q, _ := newDriver(t)
+	spec := bootSpec(t, "/nonexistent/vmlinux")
+	_, err := q.Start(t.Context(), spec)
+	if err == nil || !strings.Contains(err.Error(), "nonexistent") {
+		t.Fatalf("Start with a missing kernel: err = %v, want QEMU's complaint naming the file", err)
+	}
+}
