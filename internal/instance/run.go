@@ -109,16 +109,18 @@ func (m *Manager) readFrames(r *running, logs *logWriter) {
 			if json.Unmarshal(f.Payload, &ev) != nil {
 				continue
 			}
+			select {
+			case r.events <- ev:
+			default:
+			}
 			if ev.Kind == wire.EventExited || ev.Kind == wire.EventFailed {
 				r.mu.Lock()
 				r.exit = &ev
 				r.mu.Unlock()
 				r.exitOnce.Do(func() { close(r.exited) })
+				// The guest powers off after the Ack: the event is
+				// recorded before it is acknowledged.
 				_ = r.send(wire.TypeAck, nil)
-			}
-			select {
-			case r.events <- ev:
-			default:
 			}
 		}
 	}
@@ -281,6 +283,12 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			case ev := <-r.events:
 				return ev, nil
 			case <-vm.Done():
+				// The guest's last words may have come just before it went.
+				select {
+				case ev := <-r.events:
+					return ev, nil
+				default:
+				}
 				return wire.Event{}, fmt.Errorf("vmm exited while waiting for %s", what)
 			case <-ctx.Done():
 				return wire.Event{}, fmt.Errorf("guest did not boot within %s (waiting for %s)", m.cfg.BootTimeout, what)
@@ -290,8 +298,12 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	select {
 	case <-r.hello:
 	case <-vm.Done():
-		logs.close()
-		return rollback(errors.New("vmm exited before flick-init started"))
+		select {
+		case <-r.hello:
+		default:
+			logs.close()
+			return rollback(errors.New("vmm exited before flick-init started"))
+		}
 	case <-ctx.Done():
 		logs.close()
 		return rollback(fmt.Errorf("guest did not boot within %s (no word from flick-init)", m.cfg.BootTimeout))
@@ -325,10 +337,11 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.rec.Started = &now
 	in.rec.Phases = phases
 	in.rec.BootMS = float64(time.Since(t0).Microseconds()) / 1000
+	bootMS := in.rec.BootMS
 	m.persistLocked(in)
 	in.notifyLocked()
 	in.mu.Unlock()
-	m.log.Info("started", "vm", rec.ID, "name", rec.Name, "boot_ms", in.rec.BootMS, "accel", accel)
+	m.log.Info("started", "vm", rec.ID, "name", rec.Name, "boot_ms", bootMS, "accel", accel)
 
 	m.wg.Add(1)
 	go m.monitor(in, r, logs)
@@ -377,6 +390,7 @@ func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
 	r.mu.Lock()
 	exit, killed := r.exit, r.killed
 	r.mu.Unlock()
+	_ = os.RemoveAll(in.rec.RunDir)
 	now := time.Now().UTC()
 	in.mu.Lock()
 	in.run = nil
@@ -398,14 +412,12 @@ func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
 		in.rec.State = api.StateFailed
 		in.rec.Error = "vmm exited without the app exiting: " + vmm.LastLines(readFileString(in.consolePath()), 8)
 	}
-	auto := in.rec.Config.AutoRemove
+	auto, state := in.rec.Config.AutoRemove, in.rec.State
 	m.persistLocked(in)
 	in.notifyLocked()
-	runDir := in.rec.RunDir
 	in.mu.Unlock()
 	close(r.finished)
-	_ = os.RemoveAll(runDir)
-	m.log.Info("exited", "vm", in.rec.ID, "name", in.rec.Name, "state", in.rec.State)
+	m.log.Info("exited", "vm", in.rec.ID, "name", in.rec.Name, "state", state)
 	if auto {
 		go func() {
 			in.op.Lock()

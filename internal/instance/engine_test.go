@@ -1,0 +1,315 @@
+package instance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"github.com/flick-vm/flick/internal/store"
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// fakeImages serves one image, "app".
+type fakeImages struct{ disk string }
+
+func (f fakeImages) Resolve(_ context.Context, ref string) (api.Image, error) {
+	if ref != "app" && ref != "sha256:app" {
+		return api.Image{}, errdefs.NotFound("image %s not found", ref)
+	}
+	return api.Image{Digest: "sha256:app", Config: api.ImageConfig{Entrypoint: []string{"/app"}, StopSignal: "SIGINT"}}, nil
+}
+
+func (f fakeImages) RootDisk(context.Context, string) (string, string, error) {
+	return f.disk, "erofs", nil
+}
+
+// fakeGuest plays flick-init on the far end of the agent channel.
+type fakeGuest func(cfg wire.Config, conn net.Conn, done chan struct{})
+
+// fakeDriver starts VMs whose guest is a goroutine.
+type fakeDriver struct {
+	guest fakeGuest
+	mu    sync.Mutex
+	vms   []*fakeVM
+}
+
+type fakeVM struct {
+	h     vmm.Handle
+	cfg   wire.Config
+	host  net.Conn
+	guest net.Conn
+	run   fakeGuest
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (d *fakeDriver) Start(_ context.Context, spec vmm.Spec) (vmm.VM, error) {
+	b, err := os.ReadFile(spec.GuestConfig)
+	if err != nil {
+		return nil, err
+	}
+	var cfg wire.Config
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return nil, err
+	}
+	host, guest := net.Pipe()
+	vm := &fakeVM{h: vmm.Handle{Driver: "fake", PID: 1}, cfg: cfg, host: host, guest: guest, run: d.guest, done: make(chan struct{})}
+	d.mu.Lock()
+	d.vms = append(d.vms, vm)
+	d.mu.Unlock()
+	return vm, nil
+}
+
+func (d *fakeDriver) Attach(context.Context, vmm.Handle) (vmm.VM, error) {
+	return nil, errdefs.NotFound("fake VMs do not outlive their daemon")
+}
+
+func (v *fakeVM) Handle() vmm.Handle { return v.h }
+func (v *fakeVM) Resume(context.Context) error {
+	go func() {
+		v.run(v.cfg, v.guest, v.done)
+		v.exit()
+	}()
+	return nil
+}
+func (v *fakeVM) DialAgent(context.Context) (net.Conn, error) { return v.host, nil }
+func (v *fakeVM) Shutdown(context.Context) error              { v.exit(); return nil }
+func (v *fakeVM) Kill() error                                 { v.exit(); return nil }
+func (v *fakeVM) Done() <-chan struct{}                       { return v.done }
+func (v *fakeVM) RSS() int64                                  { return 1 << 20 }
+func (v *fakeVM) Close() error                                { return nil }
+func (v *fakeVM) exit() {
+	v.once.Do(func() {
+		v.guest.Close()
+		close(v.done)
+	})
+}
+
+// serveApp is a well-behaved guest: hello, exec, started, some output, then
+// it waits for a signal (exit 128+sig) unless exitAt0 says to exit at once.
+func serveApp(exitCode int, waitForSignal bool) fakeGuest {
+	return func(cfg wire.Config, c net.Conn, done chan struct{}) {
+		var wmu sync.Mutex
+		send := func(typ byte, v any) {
+			wmu.Lock()
+			defer wmu.Unlock()
+			if b, ok := v.([]byte); ok {
+				wire.WriteFrame(c, typ, b)
+				return
+			}
+			wire.WriteJSON(c, typ, v)
+		}
+		send(wire.TypeHello, wire.Hello{BootNS: 1})
+		send(wire.TypeEvent, wire.Event{Kind: wire.EventExec})
+		send(wire.TypeEvent, wire.Event{Kind: wire.EventStarted, PID: 7})
+		send(wire.TypeStdout, []byte("hello "+strings.Join(cfg.Args, " ")+"\n"))
+		send(wire.TypeStderr, []byte("warn\n"))
+		code := exitCode
+		if waitForSignal {
+			for {
+				f, err := wire.ReadFrame(c)
+				if err != nil {
+					return
+				}
+				if f.Type == wire.TypeSignal {
+					code = 128 + int(f.Payload[0])
+					break
+				}
+			}
+		}
+		send(wire.TypeEvent, wire.Event{Kind: wire.EventExited, ExitCode: code})
+		for {
+			f, err := wire.ReadFrame(c)
+			if err != nil || f.Type == wire.TypeAck {
+				return
+			}
+		}
+	}
+}
+
+func newTestManager(t *testing.T, g fakeGuest) (*Manager, *fakeDriver) {
+	t.Helper()
+	root := t.TempDir()
+	db, err := store.Open(filepath.Join(root, "flick.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	kernel := filepath.Join(root, "vmlinux")
+	os.WriteFile(kernel, []byte("k"), 0o644)
+	d := &fakeDriver{guest: g}
+	m, err := New(t.Context(), Config{
+		Root: root, DB: db, Images: fakeImages{disk: kernel}, Driver: d, Kernel: kernel,
+		Cmdline: func(string) string { return "" }, BootTimeout: 5 * time.Second, DataSizeMiB: 64,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m, d
+}
+
+func TestEngineRunToExit(t *testing.T) {
+	m, _ := newTestManager(t, serveApp(3, false))
+	ctx := t.Context()
+	inst, err := m.Create(ctx, api.CreateRequest{Name: "web", Image: "app", InstanceConfig: api.InstanceConfig{Cmd: []string{"a", "b"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if inst.State != api.StateCreated || inst.Config.MemoryMiB != 128 || inst.Config.CPUs != 1 {
+		t.Fatalf("created: %+v", inst)
+	}
+	started, err := m.Start(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range api.Phases {
+		if _, ok := started.Phases[p]; !ok {
+			t.Errorf("phase %s missing from %v", p, started.Phases)
+		}
+	}
+	if started.BootMS <= 0 {
+		t.Errorf("boot_ms = %v", started.BootMS)
+	}
+	w, err := m.Wait(ctx, "web")
+	if err != nil || w.ExitCode != 3 {
+		t.Fatalf("wait = %+v, %v; want exit 3", w, err)
+	}
+	var lines []string
+	m.Logs(ctx, "web", LogOptions{Tail: -1}, func(r api.LogRecord) error {
+		lines = append(lines, r.Stream+":"+r.Log)
+		return nil
+	})
+	if strings.Join(lines, "") != "stdout:hello /app a b\nstderr:warn\n" {
+		t.Errorf("logs = %q", lines)
+	}
+	got, _ := m.Get(ctx, "web")
+	if got.State != api.StateExited || got.ExitCode == nil || *got.ExitCode != 3 {
+		t.Errorf("after exit: %+v", got)
+	}
+	if _, err := os.Stat(filepath.Join(m.cfg.RunDir, got.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Error("run dir left behind after exit")
+	}
+	if err := m.Remove(ctx, "web", false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Get(ctx, "web"); !errors.Is(err, errdefs.ErrNotFound) {
+		t.Errorf("after rm: %v", err)
+	}
+}
+
+func TestEngineStopSendsStopSignal(t *testing.T) {
+	m, _ := newTestManager(t, serveApp(0, true))
+	ctx := t.Context()
+	if _, err := m.Create(ctx, api.CreateRequest{Name: "svc", Image: "app"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Start(ctx, "svc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remove(ctx, "svc", false); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("rm of a running instance: %v, want conflict", err)
+	}
+	if _, err := m.Start(ctx, "svc"); !errors.Is(err, errdefs.ErrConflict) {
+		t.Fatalf("second start: %v, want conflict", err)
+	}
+	got, err := m.Stop(ctx, "svc", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The image's StopSignal is SIGINT.
+	if got.State != api.StateExited || got.ExitCode == nil || *got.ExitCode != 128+int(syscall.SIGINT) {
+		t.Fatalf("after stop: state %s exit %v", got.State, got.ExitCode)
+	}
+	// Follow on an exited instance ends at once.
+	done := make(chan struct{})
+	go func() {
+		m.Logs(ctx, "svc", LogOptions{Follow: true, Tail: -1}, func(api.LogRecord) error { return nil })
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("logs -f of an exited instance did not end")
+	}
+}
+
+func TestEngineFailedInitLeavesFailedState(t *testing.T) {
+	m, d := newTestManager(t, func(_ wire.Config, c net.Conn, _ chan struct{}) {
+		wire.WriteJSON(c, wire.TypeHello, wire.Hello{})
+		wire.WriteJSON(c, wire.TypeEvent, wire.Event{Kind: wire.EventFailed, Message: "mount root: no such device"})
+		wire.ReadFrame(c)
+	})
+	ctx := t.Context()
+	if _, err := m.Create(ctx, api.CreateRequest{Name: "bad", Image: "app"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := m.Start(ctx, "bad")
+	if err == nil || !strings.Contains(err.Error(), "mount root: no such device") {
+		t.Fatalf("start: %v, want the guest's reason", err)
+	}
+	got, _ := m.Get(ctx, "bad")
+	if got.State != api.StateFailed || !strings.Contains(got.Error, "mount root") {
+		t.Errorf("after failed start: %+v", got)
+	}
+	select {
+	case <-d.vms[0].done:
+	default:
+		t.Error("the VM of a failed start is still running")
+	}
+}
+
+func TestEngineBootTimeout(t *testing.T) {
+	m, _ := newTestManager(t, func(_ wire.Config, c net.Conn, done chan struct{}) { <-done })
+	m.cfg.BootTimeout = 200 * time.Millisecond
+	ctx := t.Context()
+	m.Create(ctx, api.CreateRequest{Name: "slow", Image: "app"})
+	_, err := m.Start(ctx, "slow")
+	if err == nil || !strings.Contains(err.Error(), "did not boot within") {
+		t.Fatalf("start: %v, want a boot timeout", err)
+	}
+}
+
+func TestEngineCreateErrors(t *testing.T) {
+	m, _ := newTestManager(t, serveApp(0, false))
+	ctx := t.Context()
+	if _, err := m.Create(ctx, api.CreateRequest{Name: "a", Image: "app"}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		req   api.CreateRequest
+		class error
+		msg   string
+	}{
+		{"unknown image", api.CreateRequest{Image: "nope"}, errdefs.ErrNotFound, "not found locally"},
+		{"name in use", api.CreateRequest{Name: "a", Image: "app"}, errdefs.ErrConflict, "already in use"},
+		{"bad name", api.CreateRequest{Name: "-x", Image: "app"}, errdefs.ErrInvalidArgument, "invalid instance name"},
+		{"bad env", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{Env: []string{"=x"}}}, errdefs.ErrInvalidArgument, "KEY=VALUE"},
+		{"bad memory", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{MemoryMiB: 4}}, errdefs.ErrInvalidArgument, "memory"},
+		{"bad accel", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{Accel: "xen"}}, errdefs.ErrInvalidArgument, "accel"},
+		{"bad signal", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{StopSignal: "NOPE"}}, errdefs.ErrInvalidArgument, "signal"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := m.Create(ctx, tt.req)
+			if !errors.Is(err, tt.class) || !strings.Contains(err.Error(), tt.msg) {
+				t.Fatalf("err = %v, want class %v mentioning %q", err, tt.class, tt.msg)
+			}
+		})
+	}
+	if n := len(m.List(ctx, true)); n != 1 {
+		t.Errorf("failed creates left records: %d instances", n)
+	}
+}
