@@ -86,7 +86,7 @@ func TestLookPath(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, arg, path, want string
-		wantCode             int
+		wantCode              int
 	}{
 		{"absolute symlink", "sh", "/usr/bin:/bin", "/bin/sh", 0},
 		{"first match", "busybox", "relative:/sbin:/bin", "/bin/busybox", 0},

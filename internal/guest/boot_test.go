@@ -209,10 +209,14 @@ func bootApp(t testing.TB, env *bootEnv, cfg wire.Config, onStdout func(conn net
 		t.Fatal(err)
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	waited := make(chan struct{})
+	go func() {
+		exited <- cmd.Wait()
+		close(waited)
+	}()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		<-exited
+		<-waited
 	})
 	console := func() string {
 		b, _ := os.ReadFile(filepath.Join(dir, "console.log"))
