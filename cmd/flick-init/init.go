@@ -16,6 +16,16 @@ func run(start int64) {
 	mountAll(earlyMounts)
 	mounted = nil // /dev, /proc and /sys stay to the end
 
+	// The virtio-serial port shows up some 30 ms after init starts, when
+	// QEMU has answered the console driver: the app's root is prepared
+	// meanwhile rather than after.
+	prepared := make(chan prepResult, 1)
+	go func() {
+		var r prepResult
+		r.cfg, r.root, r.err = prepare()
+		prepared <- r
+	}()
+
 	p, err := openPort(portTimeout)
 	if err != nil {
 		logf("%v", err)
@@ -27,7 +37,7 @@ func run(start int64) {
 	go p.readLoop(forwardSignal)
 	logf("hello after %d.%03d ms", start/1e6, start%1e6/1e3)
 
-	code, sig, err := runApp(p)
+	code, sig, err := runApp(p, <-prepared)
 	var ee *execError
 	switch {
 	case errors.As(err, &ee):
@@ -49,18 +59,25 @@ func run(start int64) {
 	shutdown()
 }
 
-// runApp sets up the app's root, starts the app and waits for it.
-func runApp(p *port) (code, sig int, err error) {
+type prepResult struct {
+	cfg  wire.Config
+	root rootDir
+	err  error
+}
+
+// prepare reads the config and builds the app's root: everything that
+// does not need the host.
+func prepare() (wire.Config, rootDir, error) {
 	cfg, err := readConfig()
 	if err != nil {
-		return 0, 0, err
+		return cfg, rootDir{}, err
 	}
 	if err := setupRoot(cfg); err != nil {
-		return 0, 0, err
+		return cfg, rootDir{}, err
 	}
 	root, err := openRootDir(newRoot)
 	if err != nil {
-		return 0, 0, err
+		return cfg, rootDir{}, err
 	}
 	if err := setHostname(root, cfg.Hostname); err != nil {
 		logf("%v", err)
@@ -68,7 +85,15 @@ func runApp(p *port) (code, sig int, err error) {
 	if err := loopbackUp(); err != nil {
 		logf("%v", err)
 	}
-	a, err := startApp(p, root, cfg)
+	return cfg, root, nil
+}
+
+// runApp starts the app in the prepared root and waits for it.
+func runApp(p *port, r prepResult) (code, sig int, err error) {
+	if r.err != nil {
+		return 0, 0, r.err
+	}
+	a, err := startApp(p, r.root, r.cfg)
 	if err != nil {
 		return 0, 0, err
 	}

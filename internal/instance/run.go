@@ -245,6 +245,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	if err != nil {
 		return fail(err)
 	}
+	tSpawned := time.Now()
 	r := newRunning(vm)
 	rollback := func(err error) (api.Instance, error) {
 		r.kill()
@@ -265,6 +266,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		return rollback(err)
 	}
 	r.agent = conn
+	tDialed := time.Now()
 	logs, err := openLog(in.logPath(), in.notify)
 	if err != nil {
 		return rollback(err)
@@ -274,6 +276,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		logs.close()
 		return rollback(err)
 	}
+	m.log.Debug("vmm steps", "vm", rec.ID, "spawn_ms", ms(tSpawned.Sub(t)), "dial_ms", ms(tDialed.Sub(tSpawned)), "resume_ms", ms(time.Since(tDialed)))
 	t = mark(api.PhaseVMM, t)
 
 	// Phases kernel, init and app, from flick-init's messages.
@@ -635,6 +638,8 @@ func (m *Manager) Console(_ context.Context, ref string, n int) (string, error) 
 	}
 	return s, nil
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func readFileString(path string) string {
 	b, _ := os.ReadFile(path)
