@@ -93,9 +93,18 @@ func forwardSignal(sig int) {
 	}
 }
 
-// startApp starts the app in the new root; an *execError means it could not
-// be executed.
-func startApp(p *port, root rootDir, cfg wire.Config) (*app, error) {
+// launch is everything exec needs, resolved inside the app's root.
+type launch struct {
+	argv0 string
+	args  []string
+	env   []string
+	dir   string
+	cred  *syscall.Credential
+}
+
+// planApp resolves the app's user, environment, working directory and
+// executable in its root; an *execError means it cannot be executed.
+func planApp(root rootDir, cfg wire.Config) (*launch, error) {
 	env := append([]string(nil), cfg.Env...)
 	pathEnv, ok := envValue(env, "PATH")
 	if !ok {
@@ -124,7 +133,15 @@ func startApp(p *port, root rootDir, cfg wire.Config) (*app, error) {
 	if err != nil {
 		return nil, err
 	}
+	return &launch{
+		argv0: argv0, args: cfg.Args, env: env, dir: dir,
+		cred: &syscall.Credential{Uid: c.uid, Gid: c.gid, Groups: c.groups},
+	}, nil
+}
 
+// startApp starts a planned app; an *execError means it could not be
+// executed.
+func startApp(p *port, l *launch) (*app, error) {
 	null, err := os.Open("/dev/null")
 	if err != nil {
 		return nil, err
@@ -141,13 +158,13 @@ func startApp(p *port, root rootDir, cfg wire.Config) (*app, error) {
 	p.event(wire.Event{Kind: wire.EventExec})
 
 	appMu.Lock()
-	pid, err := syscall.ForkExec(argv0, cfg.Args, &syscall.ProcAttr{
-		Dir:   dir,
-		Env:   env,
+	pid, err := syscall.ForkExec(l.argv0, l.args, &syscall.ProcAttr{
+		Dir:   l.dir,
+		Env:   l.env,
 		Files: []uintptr{null.Fd(), outW.Fd(), errW.Fd()},
 		Sys: &syscall.SysProcAttr{
 			Chroot:     newRoot,
-			Credential: &syscall.Credential{Uid: c.uid, Gid: c.gid, Groups: c.groups},
+			Credential: l.cred,
 			Setsid:     true,
 		},
 	})
@@ -167,7 +184,7 @@ func startApp(p *port, root rootDir, cfg wire.Config) (*app, error) {
 		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
 			code = 127
 		}
-		return nil, &execError{code, fmt.Sprintf("exec %q: %v", cfg.Args[0], err)}
+		return nil, &execError{code, fmt.Sprintf("exec %q: %v", l.args[0], err)}
 	}
 	a := &app{pid: pid, outDone: make(chan struct{}), errDone: make(chan struct{})}
 	go p.pump(wire.TypeStdout, outR, a.outDone)

@@ -22,7 +22,7 @@ func run(start int64) {
 	prepared := make(chan prepResult, 1)
 	go func() {
 		var r prepResult
-		r.cfg, r.root, r.err = prepare()
+		r.app, r.err = prepare()
 		prepared <- r
 	}()
 
@@ -60,24 +60,23 @@ func run(start int64) {
 }
 
 type prepResult struct {
-	cfg  wire.Config
-	root rootDir
-	err  error
+	app *launch
+	err error
 }
 
-// prepare reads the config and builds the app's root: everything that
-// does not need the host.
-func prepare() (wire.Config, rootDir, error) {
+// prepare reads the config, builds the app's root and resolves what to
+// exec: everything that does not need the host.
+func prepare() (*launch, error) {
 	cfg, err := readConfig()
 	if err != nil {
-		return cfg, rootDir{}, err
+		return nil, err
 	}
 	if err := setupRoot(cfg); err != nil {
-		return cfg, rootDir{}, err
+		return nil, err
 	}
 	root, err := openRootDir(newRoot)
 	if err != nil {
-		return cfg, rootDir{}, err
+		return nil, err
 	}
 	if err := setHostname(root, cfg.Hostname); err != nil {
 		logf("%v", err)
@@ -85,7 +84,7 @@ func prepare() (wire.Config, rootDir, error) {
 	if err := loopbackUp(); err != nil {
 		logf("%v", err)
 	}
-	return cfg, root, nil
+	return planApp(root, cfg)
 }
 
 // runApp starts the app in the prepared root and waits for it.
@@ -93,7 +92,7 @@ func runApp(p *port, r prepResult) (code, sig int, err error) {
 	if r.err != nil {
 		return 0, 0, r.err
 	}
-	a, err := startApp(p, r.root, r.cfg)
+	a, err := startApp(p, r.app)
 	if err != nil {
 		return 0, 0, err
 	}
