@@ -3,6 +3,7 @@ package e2e
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -306,6 +307,18 @@ func TestBadInput(t *testing.T) {
 	})
 	t.Run("unknown image", func(t *testing.T) {
 		e.sub(t).fails(-1, []string{"rmi", "e2e/never:v1"}, "e2e/never:v1")
+	})
+	t.Run("guest that cannot boot", func(t *testing.T) {
+		// A file that is no kernel: QEMU refuses it, run says so with
+		// QEMU's words, and leaves no instance behind.
+		notKernel := filepath.Join(t.TempDir(), "vmlinux")
+		if err := os.WriteFile(notKernel, []byte("not a kernel"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		e.sub(t).must("pull", reg+"/e2e/hello:v1")
+		for _, mode := range []string{"--rm", "-d"} {
+			e.sub(t).fails(125, []string{"run", mode, "--kernel", notKernel, reg + "/e2e/hello:v1"}, "qemu")
+		}
 	})
 	if n := len(e.ps(true)); n != 0 {
 		t.Errorf("failed commands left %d instances", n)

@@ -191,10 +191,14 @@ func (a *app) runCommand() *cobra.Command {
 				return err
 			}
 			if !detach {
-				return a.attach(c, in.ID, -1, rm, true)
+				return a.attach(c, in.ID, -1, rm, true, true)
 			}
-			in, err = c.InstanceStart(a.ctx, in.ID)
+			id := in.ID
+			in, err = c.InstanceStart(a.ctx, id)
 			if err != nil {
+				// The error carries the reason and the console's last
+				// lines; run leaves no instance behind.
+				a.discard(c, id)
 				return err
 			}
 			if asJSON {
@@ -215,7 +219,10 @@ func (a *app) runCommand() *cobra.Command {
 // attach streams the logs of instance id to stdout and stderr, starts it
 // (if start), forwards SIGINT and SIGTERM, waits for it to exit and returns
 // the app's exit code as an exitCode error. rm removes it after.
-func (a *app) attach(c *api.Client, id string, tail int, rm, start bool) error {
+// attach streams an instance's output and waits for it; with start it
+// starts the instance first, and an instance that fails to start is removed
+// when discard is set (run never leaves one behind).
+func (a *app) attach(c *api.Client, id string, tail int, rm, start, discard bool) error {
 	ctx, cancel := context.WithCancel(a.ctx)
 	defer cancel()
 	opened := make(chan struct{})
@@ -274,7 +281,11 @@ func (a *app) attach(c *api.Client, id string, tail int, rm, start bool) error {
 	if start {
 		if _, err := c.InstanceStart(a.ctx, id); err != nil {
 			cancel()
-			removeAfter()
+			if discard {
+				a.discard(c, id)
+			} else {
+				removeAfter()
+			}
 			return err
 		}
 	}
@@ -336,7 +347,7 @@ func (a *app) startCommand() *cobra.Command {
 					return err
 				}
 				running := in.State == api.StateRunning || in.State == api.StateStarting
-				return a.attach(c, in.ID, 0, false, !running)
+				return a.attach(c, in.ID, 0, false, !running, false)
 			}
 			return a.forEach(args, true, func(c *api.Client, n string) error {
 				_, err := c.InstanceStart(a.ctx, n)
@@ -664,4 +675,11 @@ func (a *app) inspectCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", true, "print JSON (the only format)")
 	return cmd
+}
+
+// discard removes an instance that run created but could not start.
+func (a *app) discard(c *api.Client, id string) {
+	if err := c.InstanceRemove(context.WithoutCancel(a.ctx), id, true); err != nil {
+		fmt.Fprintf(a.stderr, "Error: remove %s: %s\n", shortID(id), err)
+	}
 }
