@@ -100,5 +100,5 @@ Then try:
     flick bench flick/demo:latest -n 10              # boot time, phase by phase
     flick stop demo; flick rm demo
 
-Tests: make test (unit) - the end-to-end suite is in e2e/.
+Tests: make test (unit, QEMU integration and end-to-end tests).
 NEXT
