@@ -72,6 +72,10 @@ type InstanceConfig struct {
 	StopTimeout int      `json:"stop_timeout,omitempty"` // seconds, default 10
 	Accel       string   `json:"accel,omitempty"`        // auto, kvm or tcg
 	Kernel      string   `json:"kernel,omitempty"`       // a vmlinux path; default the daemon's
+	// WritableLayer is where the instance's writes go: "disk" (an ext4
+	// layer kept across stop and start; the default) or "memory" (guest
+	// RAM, up to half of it, gone when the VM stops; faster to boot).
+	WritableLayer string `json:"writable_layer,omitempty"`
 }
 
 // CreateRequest is the body of POST /v1/instances.

@@ -464,3 +464,35 @@ func TestFindP50(t *testing.T) {
 		})
 	}
 }
+
+// The disk layer keeps the app's writes across stop and start; the memory
+// layer (the default of run --rm) starts clean every time.
+func TestWritableLayers(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+
+	r := e.must("run", "--rm", busybox, "sh", "-c", "echo hi > /f && cat /f && grep ' / ' /proc/mounts | cut -d' ' -f3")
+	if r.stdout != "hi\noverlay\n" {
+		t.Errorf("run --rm writing a file: stdout %q", r.stdout)
+	}
+
+	app := []string{"sh", "-c", "if test -f /mark; then echo again; else echo first; fi; echo x > /mark; sync; exec sleep 1000"}
+	for _, tc := range []struct{ layer, want string }{
+		{"disk", "first\nagain\n"},
+		{"memory", "first\nfirst\n"},
+	} {
+		name := "keep-" + tc.layer
+		e.must(append([]string{"run", "-d", "--name", name, "--layer", tc.layer, busybox}, app...)...)
+		waitFor(t, 15*time.Second, name+" never printed", func() bool { return e.must("logs", name).stdout != "" })
+		e.must("stop", "-t", "5", name)
+		e.must("start", name)
+		waitFor(t, 15*time.Second, name+" printed once after its restart", func() bool {
+			return strings.Count(e.must("logs", name).stdout, "\n") >= 2
+		})
+		if got := e.must("logs", name).stdout; got != tc.want {
+			t.Errorf("--layer %s: logs of two runs %q, want %q", tc.layer, got, tc.want)
+		}
+		e.must("rm", "-f", name)
+	}
+	e.fails(125, []string{"run", "--layer", "tape", busybox, "true"}, "tape")
+}

@@ -44,6 +44,8 @@ func readConfig() (wire.Config, error) {
 	switch {
 	case len(cfg.Args) == 0:
 		return cfg, errors.New("config: no args")
+	case cfg.WritableLayer != "" && cfg.WritableLayer != wire.LayerDisk && cfg.WritableLayer != wire.LayerMemory:
+		return cfg, fmt.Errorf("config: writable_layer %q is neither disk nor memory", cfg.WritableLayer)
 	case cfg.RootDevice == "" || cfg.DataDevice == "":
 		return cfg, errors.New("config: root_device and data_device are required")
 	case cfg.RootFSType != "erofs" && cfg.RootFSType != "ext4":
@@ -79,18 +81,30 @@ func findDisks(serials ...string) (map[string]string, error) {
 }
 
 // setupRoot builds the app's root: the image read-only, under an overlay
-// whose upper layer is on the data disk, with the usual pseudo-filesystems.
+// whose upper layer is on the data disk or in memory, with the usual
+// pseudo-filesystems.
 func setupRoot(cfg wire.Config) error {
-	disks, err := findDisks(cfg.RootDevice, cfg.DataDevice)
+	inMemory := cfg.WritableLayer == wire.LayerMemory
+	serials := []string{cfg.RootDevice}
+	if !inMemory {
+		serials = append(serials, cfg.DataDevice)
+	}
+	disks, err := findDisks(serials...)
 	if err != nil {
 		return err
 	}
+	// noinit_itable: no ext4lazyinit thread zeroing inode tables of a
+	// fresh disk (mkfs -E lazy_itable_init=1) on our one vCPU while the
+	// app runs. A layer in memory skips the ext4 mount, and overlayfs's
+	// work-dir checks on tmpfs are cheap: 53-71 ms from the disks to a
+	// planned app against 172-176 ms on ext4 under TCG.
+	upper := mountPoint{disks[cfg.DataDevice], dataDir, "ext4", unix.MS_NOATIME, "noinit_itable"}
+	if inMemory {
+		upper = mountPoint{"tmpfs", dataDir, "tmpfs", unix.MS_NOSUID, "mode=0755"}
+	}
 	steps := []mountPoint{
 		{disks[cfg.RootDevice], lowerDir, cfg.RootFSType, unix.MS_RDONLY, ""},
-		// noinit_itable: no ext4lazyinit thread zeroing inode tables of
-		// a fresh disk (mkfs -E lazy_itable_init=1) on our one vCPU while
-		// the app runs.
-		{disks[cfg.DataDevice], dataDir, "ext4", unix.MS_NOATIME, "noinit_itable"},
+		upper,
 	}
 	for _, m := range steps {
 		if err := m.mount(); err != nil {

@@ -49,6 +49,7 @@ type benchResult struct {
 	N        int              `json:"n"`
 	Image    string           `json:"image"`
 	Accel    string           `json:"accel"`
+	Layer    string           `json:"writable_layer"`
 	Phases   map[string]stats `json:"phases"`
 	RSSBytes int64            `json:"rss_bytes"`
 }
@@ -69,6 +70,10 @@ func (a *app) benchCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// Bench instances are thrown away like run --rm ones, and
+			// get the same default writable layer; --layer disk measures
+			// the other.
+			f.defaultLayer(&req, true)
 			c, err := a.client()
 			if err != nil {
 				return err
@@ -80,7 +85,7 @@ func (a *app) benchCommand() *cobra.Command {
 			if asJSON {
 				return printJSON(a.stdout, res)
 			}
-			fmt.Fprintf(a.stdout, "%d cold boots of %s\n\n", res.N, res.Image)
+			fmt.Fprintf(a.stdout, "%d cold boots of %s (writable layer: %s)\n\n", res.N, res.Image, res.Layer)
 			tw := tabwriter.NewWriter(a.stdout, 0, 8, 2, ' ', 0)
 			fmt.Fprintf(tw, "PHASE\t%8s\t%8s\t%8s\t%8s\n", "MIN", "P50", "P90", "MAX")
 			var names []string
@@ -121,7 +126,7 @@ func orderPhases(names []string) []string {
 
 // bench boots req n times and collects the phase timings.
 func (a *app) bench(c *api.Client, req api.CreateRequest, n int) (benchResult, error) {
-	res := benchResult{N: n, Image: req.Image}
+	res := benchResult{N: n, Image: req.Image, Layer: req.WritableLayer}
 	samples := map[string][]float64{}
 	progress := isTerminal(a.stderr)
 	for i := range n {

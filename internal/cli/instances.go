@@ -34,6 +34,7 @@ type createFlags struct {
 	kernel      string
 	stopSignal  string
 	stopTimeout int
+	layer       string
 	fs          *pflag.FlagSet
 }
 
@@ -53,6 +54,7 @@ func (f *createFlags) register(fs *pflag.FlagSet, withName bool) {
 	fs.StringVar(&f.kernel, "kernel", "", "guest kernel (a vmlinux path on the daemon's host)")
 	fs.StringVar(&f.stopSignal, "stop-signal", "", "signal that stops the app (default the image's, else TERM)")
 	fs.IntVar(&f.stopTimeout, "stop-timeout", 0, "seconds to wait after the stop signal before killing (default 10)")
+	fs.StringVar(&f.layer, "layer", "", "where the app's writes go: disk (kept across stop/start) or memory (in guest RAM, faster to boot; the default with --rm)")
 }
 
 // request builds the create request for image and cmd.
@@ -111,7 +113,22 @@ func (f *createFlags) request(image string, cmd []string) (api.CreateRequest, er
 		return req, fmt.Errorf("invalid --stop-timeout %d: want 0 or more seconds", f.stopTimeout)
 	}
 	cfg.StopTimeout = f.stopTimeout
+	switch f.layer {
+	case "", "disk", "memory":
+		cfg.WritableLayer = f.layer
+	default:
+		return req, fmt.Errorf("invalid --layer %q: want disk or memory", f.layer)
+	}
 	return req, nil
+}
+
+// defaultLayer sets the writable layer of an instance that is thrown away
+// after one run, when the user did not choose: memory, which boots faster
+// and is gone with the VM anyway.
+func (f *createFlags) defaultLayer(req *api.CreateRequest, ephemeral bool) {
+	if ephemeral && req.WritableLayer == "" {
+		req.WritableLayer = "memory"
+	}
 }
 
 // notFoundLocally reports whether err is the daemon saying that create
@@ -182,6 +199,7 @@ func (a *app) runCommand() *cobra.Command {
 			// Detached, the daemon removes the instance on exit; attached,
 			// the CLI does after wait, so that the exit code is not lost.
 			req.AutoRemove = detach && rm
+			f.defaultLayer(&req, rm)
 			c, err := a.client()
 			if err != nil {
 				return err

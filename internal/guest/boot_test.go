@@ -378,6 +378,18 @@ func TestBoot(t *testing.T) {
 			wantStdout: "1000\n1000\n1000 2000\n/home/app\n/tmp\nbox1\nbox1\nhi\n",
 		},
 		{
+			name: "writable layer in memory",
+			cfg: wire.Config{
+				Args:          []string{"sh", "-c", `echo hi > /f && cat /f; grep -c " /mnt/data " /proc/mounts; grep " / " /proc/mounts | cut -d" " -f3`},
+				Env:           path,
+				WritableLayer: wire.LayerMemory,
+			},
+			wantEvents: "exec,started,exited",
+			// flick-init's mounts are outside the app's chroot: the app
+			// sees only its overlay.
+			wantStdout: "hi\n0\noverlay\n",
+		},
+		{
 			name:       "setup failure",
 			cfg:        wire.Config{Args: []string{"sh"}, Env: path, RootFSType: "ext4"},
 			wantEvents: "failed",

@@ -22,6 +22,7 @@ import (
 
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/store"
 	"github.com/flick-vm/flick/internal/vmm"
 )
@@ -254,6 +255,11 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Instan
 	}
 	if req.MemoryMiB != 0 && (req.MemoryMiB < 32 || req.MemoryMiB > 1<<20) {
 		return api.Instance{}, errdefs.InvalidArgument("invalid --memory %d MiB: give at least 32M", req.MemoryMiB)
+	}
+	switch req.WritableLayer {
+	case "", wire.LayerDisk, wire.LayerMemory:
+	default:
+		return api.Instance{}, errdefs.InvalidArgument("invalid --layer %q: give disk or memory", req.WritableLayer)
 	}
 	switch req.Accel {
 	case "", "auto", "kvm", "tcg":

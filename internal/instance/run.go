@@ -214,6 +214,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		WorkingDir: firstNonEmpty(rec.Config.WorkingDir, img.Config.WorkingDir),
 		User:       firstNonEmpty(rec.Config.User, img.Config.User),
 		RootDevice: "root", RootFSType: fstype, DataDevice: "data",
+		WritableLayer: firstNonEmpty(rec.Config.WritableLayer, wire.LayerDisk),
 	}
 	if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 		return fail(err)

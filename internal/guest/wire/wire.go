@@ -22,6 +22,12 @@ const FwCfgSysfsPath = "/sys/firmware/qemu_fw_cfg/by_name/" + FwCfgName + "/raw"
 // PortName is the name of the virtio-serial port that carries frames.
 const PortName = "flick.0"
 
+// Writable layers.
+const (
+	LayerDisk   = "disk"
+	LayerMemory = "memory"
+)
+
 // Config is everything flick-init needs to turn a booted kernel into a
 // running app. It is JSON on the wire.
 type Config struct {
@@ -45,6 +51,11 @@ type Config struct {
 	RootDevice string `json:"root_device"`
 	RootFSType string `json:"root_fstype"`
 	DataDevice string `json:"data_device"`
+	// WritableLayer is where the overlay's upper layer lives: "disk" (the
+	// ext4 DataDevice, kept across stop and start) or "memory" (a tmpfs in
+	// the guest, gone when the VM ends; the data disk is not mounted).
+	// Empty means disk.
+	WritableLayer string `json:"writable_layer,omitempty"`
 }
 
 // Frame types. Guest to host: Hello, Stdout, Stderr, Event. Host to guest:
