@@ -378,41 +378,36 @@ func (a *app) startCommand() *cobra.Command {
 }
 
 func (a *app) stopCommand() *cobra.Command {
-	var timeout int
-	cmd := &cobra.Command{
-		Use:   "stop [-t N] NAME...",
-		Short: "Stop instances: the stop signal, then KILL after the timeout",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			t := -1
-			if cmd.Flags().Changed("time") {
-				t = timeout
-			}
-			return a.forEach(args, true, func(c *api.Client, n string) error {
-				_, err := c.InstanceStop(a.ctx, n, t)
-				return err
-			})
-		},
-	}
-	cmd.Flags().IntVarP(&timeout, "time", "t", 10, "seconds to wait before killing (default the instance's stop timeout)")
-	return cmd
+	return a.timedCommand("stop [-t N] NAME...", "Stop instances: the stop signal, then KILL after the timeout",
+		func(c *api.Client, n string, t int) error {
+			_, err := c.InstanceStop(a.ctx, n, t)
+			return err
+		})
 }
 
 func (a *app) restartCommand() *cobra.Command {
+	return a.timedCommand("restart [-t N] NAME...", "Restart instances",
+		func(c *api.Client, n string, t int) error {
+			_, err := c.InstanceRestart(a.ctx, n, t)
+			return err
+		})
+}
+
+// timedCommand is a command that stops instances with a -t timeout before
+// it kills them; t is -1 when the user did not give one, which means the
+// instance's own stop timeout.
+func (a *app) timedCommand(use, short string, op func(c *api.Client, n string, t int) error) *cobra.Command {
 	var timeout int
 	cmd := &cobra.Command{
-		Use:   "restart [-t N] NAME...",
-		Short: "Restart instances",
+		Use:   use,
+		Short: short,
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			t := -1
 			if cmd.Flags().Changed("time") {
 				t = timeout
 			}
-			return a.forEach(args, true, func(c *api.Client, n string) error {
-				_, err := c.InstanceRestart(a.ctx, n, t)
-				return err
-			})
+			return a.forEach(args, true, func(c *api.Client, n string) error { return op(c, n, t) })
 		},
 	}
 	cmd.Flags().IntVarP(&timeout, "time", "t", 10, "seconds to wait before killing (default the instance's stop timeout)")
