@@ -15,6 +15,7 @@ import (
 
 	"github.com/flick-vm/flick/internal/daemon"
 	"github.com/flick-vm/flick/internal/guest"
+	"github.com/flick-vm/flick/internal/vmm"
 )
 
 func main() {
@@ -24,6 +25,7 @@ func main() {
 	flag.StringVar(&cfg.Kernel, "kernel", guest.DefaultKernelPath(), "guest kernel (uncompressed vmlinux with a PVH entry)")
 	flag.StringVar(&cfg.Init, "init", defaultInit(), "flick-init binary, the guest's PID 1")
 	flag.StringVar(&cfg.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	flag.StringVar(&cfg.TCGCPU, "tcg-cpu", vmm.DefaultTCGCPU, "QEMU CPU model for guests under TCG (e.g. max for every feature QEMU emulates)")
 	flag.DurationVar(&cfg.BootTimeout, "boot-timeout", 30*time.Second, "how long a guest may take to start its app")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")

@@ -27,6 +27,7 @@ type RunConfig struct {
 	Kernel      string
 	Init        string
 	QEMU        string
+	TCGCPU      string // QEMU CPU model under TCG
 	BootTimeout time.Duration
 	Logger      *slog.Logger
 }
@@ -58,7 +59,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return err
 	}
-	driver, err := vmm.NewQEMU(vmm.QEMUConfig{Binary: cfg.QEMU, RAMDir: "/dev/shm/flick"})
+	driver, err := vmm.NewQEMU(vmm.QEMUConfig{Binary: cfg.QEMU, RAMDir: "/dev/shm/flick", TCGCPU: cfg.TCGCPU})
 	if err != nil {
 		return err
 	}

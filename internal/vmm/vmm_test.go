@@ -37,7 +37,7 @@ func TestPickAccelOverride(t *testing.T) {
 }
 
 func TestArgs(t *testing.T) {
-	q := &QEMU{binary: "qemu-system-x86_64", ramDir: "/dev/shm/flick"}
+	q := &QEMU{binary: "qemu-system-x86_64", ramDir: "/dev/shm/flick", tcgCPU: DefaultTCGCPU}
 	spec := Spec{
 		ID: "abc", Kernel: "/k/vmlinux", Initrd: "/k/initrd", Cmdline: "console=ttyS0 quiet",
 		CPUs: 2, MemoryMiB: 256, Accel: "tcg", ConsoleLog: "/i/console.log", GuestConfig: "/r/config.json",
