@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -367,6 +368,28 @@ func TestDaemonRestart(t *testing.T) {
 	}
 	if _, ok := e.ps(false)["sleeper"]; ok {
 		t.Error("ps without -a lists the dead sleeper")
+	}
+
+	// A VMM of this root that no instance owns (its daemon died before it
+	// recorded the pid) is ended when the next daemon starts.
+	e.killDaemon()
+	orphanDir := filepath.Join(e.root, "instances", "0rphan")
+	if err := os.MkdirAll(orphanDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	orphan := exec.Command("qemu-system-x86_64", "-S", "-nodefaults", "-nographic", "-M", "microvm",
+		"-name", "flick-0rphan", "-chardev", "file,id=c,path="+filepath.Join(orphanDir, "console.log"))
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { orphan.Wait(); close(exited) }()
+	defer orphan.Process.Kill()
+	e.startDaemon()
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		t.Error("the daemon left a VMM of its root that no instance owns")
 	}
 }
 

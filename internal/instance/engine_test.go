@@ -71,6 +71,8 @@ func (d *fakeDriver) Start(_ context.Context, spec vmm.Spec) (vmm.VM, error) {
 	return vm, nil
 }
 
+func (d *fakeDriver) Running(string) (map[string]int, error) { return nil, nil }
+
 func (d *fakeDriver) Attach(context.Context, vmm.Handle) (vmm.VM, error) {
 	return nil, errdefs.NotFound("fake VMs do not outlive their daemon")
 }

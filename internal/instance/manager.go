@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/flick-vm/flick/api"
@@ -160,7 +161,27 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 			m.reattach(ctx, in)
 		}
 	}
+	m.killOrphans()
 	return m, nil
+}
+
+// killOrphans ends the VMMs of this root that no instance owns: those of a
+// daemon that died between spawning a VMM and recording its pid, or of an
+// instance removed while its VMM could not be reached.
+func (m *Manager) killOrphans() {
+	running, err := m.cfg.Driver.Running(filepath.Join(m.cfg.Root, "instances"))
+	if err != nil {
+		m.log.Warn("look for orphan VMMs", "err", err)
+		return
+	}
+	for id, pid := range running {
+		if in := m.all[id]; in != nil && in.run != nil && in.run.vm.Handle().PID == pid {
+			continue
+		}
+		if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.SIGKILL) == nil {
+			m.log.Warn("killed an orphan VMM", "vm", id, "pid", pid)
+		}
+	}
 }
 
 // Close detaches from every VM without stopping it: the VMs outlive the

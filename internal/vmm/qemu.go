@@ -222,6 +222,52 @@ func (q *QEMU) Attach(ctx context.Context, h Handle) (VM, error) {
 	return vm, nil
 }
 
+// Running scans /proc for QEMU processes named flick-<id> (-name) whose
+// command line names a file under dir.
+func (q *QEMU) Running(dir string) (map[string]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	dir = filepath.Clean(dir) + "/"
+	found := map[string]int{}
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if id, ok := flickVM(strings.Split(string(raw), "\x00"), dir); ok {
+			found[id] = pid
+		}
+	}
+	return found, nil
+}
+
+// flickVM reports the instance id of a QEMU command line that this driver
+// made for an instance whose files are under dir.
+func flickVM(args []string, dir string) (string, bool) {
+	if len(args) == 0 || !strings.HasPrefix(filepath.Base(args[0]), "qemu-system-") {
+		return "", false
+	}
+	var id string
+	mine := false
+	for i, a := range args {
+		if a == "-name" && i+1 < len(args) {
+			if rest, ok := strings.CutPrefix(args[i+1], "flick-"); ok {
+				id = rest
+			}
+		}
+		if strings.Contains(a, "="+dir) {
+			mine = true
+		}
+	}
+	return id, id != "" && mine
+}
+
 type qemuVM struct {
 	handle Handle
 	proc   *os.Process

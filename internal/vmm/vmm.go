@@ -55,6 +55,11 @@ type Driver interface {
 	// Attach finds a VM from a previous daemon's Handle. It returns an
 	// error of class errdefs.ErrNotFound when that VM is gone.
 	Attach(ctx context.Context, h Handle) (VM, error)
+	// Running finds the live VMMs this driver started for instances whose
+	// files are under dir, by instance id, with their pids: a daemon that
+	// died between spawning a VMM and recording it leaves one that only
+	// this can find.
+	Running(dir string) (map[string]int, error)
 }
 
 // VM is a VMM process.

@@ -74,3 +74,26 @@ func TestLastLines(t *testing.T) {
 		t.Errorf("LastLines(empty) = %q", got)
 	}
 }
+
+func TestFlickVM(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		id   string
+		ok   bool
+	}{
+		{"ours", []string{"/usr/bin/qemu-system-x86_64", "-name", "flick-abc", "-chardev", "file,id=console,path=/var/lib/flick/instances/abc/console.log"}, "abc", true},
+		{"another root", []string{"qemu-system-x86_64", "-name", "flick-abc", "-chardev", "file,path=/tmp/other/instances/abc/console.log"}, "", false},
+		{"not flick", []string{"qemu-system-x86_64", "-name", "web", "-drive", "file=/var/lib/flick/instances/x.img"}, "", false},
+		{"not qemu", []string{"sleep", "-name", "flick-abc", "path=/var/lib/flick/instances/"}, "", false},
+		{"empty", nil, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			id, ok := flickVM(tt.args, "/var/lib/flick/instances/")
+			if ok != tt.ok || (ok && id != tt.id) {
+				t.Errorf("flickVM = %q, %v; want %q, %v", id, ok, tt.id, tt.ok)
+			}
+		})
+	}
+}
