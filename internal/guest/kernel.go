@@ -62,6 +62,10 @@ type CmdlineOptions struct {
 //	                      ACPI nor a keyboard controller to reset through),
 //	                      which QEMU -no-reboot turns into an exit: the VM
 //	                      ends when the guest is done.
+//	no_timer_check        the I/O-APIC setup otherwise busy-waits 10 ticks
+//	                      (40 ms at HZ=250) to see the timer interrupt
+//	                      arrive: /init 25 ms sooner (0.384 -> 0.359 s,
+//	                      mean of 6 interleaved boots).
 //	noreplace-smp         with one vCPU the kernel would rewrite every
 //	                      LOCK prefix of its text into a NOP; under TCG each
 //	                      rewrite of translated code is self-modifying code:
@@ -90,6 +94,7 @@ func KernelCmdline(opts CmdlineOptions) string {
 		"8250.nr_uarts=1",
 		"panic=-1",
 		"reboot=t",
+		"no_timer_check",
 		"noreplace-smp",
 		"rdinit=/init",
 		"qemu_fw_cfg.ioport=12@0x510:0:1:4",
