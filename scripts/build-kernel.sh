@@ -59,7 +59,9 @@ if [ ! -f "$out/vmlinux" ]; then
 	make -s -C "$srcdir" O="$build" ARCH=x86_64 -j"$(nproc)" vmlinux >&2
 	mkdir -p "$out"
 	cp "$build/.config" "$out/config"
-	cp "$build/vmlinux" "$out/vmlinux.tmp"
+	# Without its symbol table: QEMU's ELF loader reads and sorts it at
+	# every start (spawn to QMP ready 48-53 ms with it, 41-43 ms without).
+	strip -s -o "$out/vmlinux.tmp" "$build/vmlinux"
 	mv "$out/vmlinux.tmp" "$out/vmlinux"
 	rm -rf "$build"
 fi
