@@ -439,8 +439,8 @@ func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
 // daemon stopped; in is not yet shared.
 func (m *Manager) reattach(ctx context.Context, in *inst) {
 	rec := &in.rec
-	dead := func(reason string) {
-		rec.State = api.StateExited
+	end := func(state, reason string) {
+		rec.State = state
 		rec.Error = reason
 		now := time.Now().UTC()
 		rec.Finished = &now
@@ -449,22 +449,20 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 		_ = os.RemoveAll(rec.RunDir)
 	}
 	if rec.Handle == nil || rec.State == api.StateStarting {
+		// Its boot sequence died with the last daemon; a VMM that is
+		// still there is ended here, or by killOrphans if QMP is gone.
 		if rec.Handle != nil {
 			if vm, err := m.cfg.Driver.Attach(ctx, *rec.Handle); err == nil {
 				_ = vm.Kill()
 				<-vm.Done()
 			}
 		}
-		rec.State = api.StateFailed
-		m.persistLocked(in)
-		dead("flickd stopped while the instance was starting")
-		rec.State = api.StateFailed
-		m.persistLocked(in)
+		end(api.StateFailed, "flickd stopped while the instance was starting")
 		return
 	}
 	vm, err := m.cfg.Driver.Attach(ctx, *rec.Handle)
 	if err != nil {
-		dead("vmm exited while flickd was down")
+		end(api.StateExited, "vmm exited while flickd was down")
 		return
 	}
 	r := newRunning(vm)
