@@ -103,7 +103,7 @@ func (s *Store) Load(ctx context.Context, p, tag string, progress func(api.Progr
 				names = append(names, imageName{Ref: r.Name(), Display: displayName(n, r)})
 			}
 		}
-		rec, err := s.storeImage(ctx, f.img, names, report)
+		rec, err := s.storeImage(ctx, f.img, names, "copying", report)
 		if err != nil {
 			return nil, fmt.Errorf("load %s: %w", p, err)
 		}

@@ -81,7 +81,7 @@ func (s *Store) Pull(ctx context.Context, ref string, progress func(api.Progress
 	if _, ok := r.(name.Tag); ok {
 		names = append(names, imageName{Ref: r.Name(), Display: displayName(ref, r)})
 	}
-	rec, err := s.storeImage(ctx, img, names, report)
+	rec, err := s.storeImage(ctx, img, names, "downloading", report)
 	if err != nil {
 		return api.Image{}, classify(ref, r, err)
 	}
@@ -186,8 +186,9 @@ func serialize(progress func(api.Progress)) func(api.Progress) {
 }
 
 // storeImage writes the blobs of img that the cache lacks (layers in
-// parallel), then records it under names.
-func (s *Store) storeImage(ctx context.Context, img v1.Image, names []imageName, report func(api.Progress)) (*record, error) {
+// parallel), then records it under names. verb is the progress status of
+// a blob being written: "downloading" for a pull, "copying" for a load.
+func (s *Store) storeImage(ctx context.Context, img v1.Image, names []imageName, verb string, report func(api.Progress)) (*record, error) {
 	digest, err := img.Digest()
 	if err != nil {
 		return nil, err
@@ -252,7 +253,7 @@ func (s *Store) storeImage(ctx context.Context, img v1.Image, names []imageName,
 					return nil, nil
 				}
 				return nil, s.writeBlob(gctx, id, l.Compressed, func(n int64) {
-					report(api.Progress{Status: "downloading", Layer: id, Current: n, Total: size})
+					report(api.Progress{Status: verb, Layer: id, Current: n, Total: size})
 				})
 			})
 			if err != nil {
