@@ -519,3 +519,32 @@ func TestWritableLayers(t *testing.T) {
 	}
 	e.fails(125, []string{"run", "--layer", "tape", busybox, "true"}, "tape")
 }
+
+// kill sends the app a signal; restart boots it again.
+func TestKillAndRestart(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	e.must("run", "-d", "--name", "k", busybox, "sh", "-c", "trap 'echo got TERM; exit 5' TERM; echo up; while :; do sleep 0.1; done")
+	waitFor(t, 15*time.Second, "the app never printed", func() bool { return strings.Contains(e.must("logs", "k").stdout, "up") })
+	first, _ := e.inspect("k")
+
+	e.must("restart", "-t", "5", "k")
+	second, _ := e.inspect("k")
+	if second.State != api.StateRunning || second.PID == first.PID || alive(first.PID) {
+		t.Errorf("after restart: state %q pid %d (was %d, alive %v), want running on a new VMM",
+			second.State, second.PID, first.PID, alive(first.PID))
+	}
+	waitFor(t, 15*time.Second, "the restarted app never printed", func() bool {
+		return strings.Count(e.must("logs", "k").stdout, "up") == 2
+	})
+
+	e.must("kill", "-s", "TERM", "k")
+	if r := e.must("wait", "k"); strings.TrimSpace(r.stdout) != "5" {
+		t.Errorf("wait after kill -s TERM printed %q, want the app's exit code 5", r.stdout)
+	}
+	if !strings.Contains(e.must("logs", "k").stdout, "got TERM") {
+		t.Error("the app did not see the TERM that kill sent")
+	}
+	waitFor(t, 10*time.Second, "QEMU still runs after the app exited", func() bool { return !alive(second.PID) })
+	e.fails(125, []string{"kill", "k"}, "not running")
+}
