@@ -18,6 +18,7 @@ import (
 
 	"github.com/flick-vm/flick/internal/errdefs"
 	"github.com/flick-vm/flick/internal/store"
+	"github.com/flick-vm/flick/internal/tarx"
 )
 
 // FSTypeErofs is the filesystem of the root disks.
@@ -158,7 +159,7 @@ func (s *Store) flattenBlobs(dir string, layers []string) error {
 		defer closeFn()
 		readers = append(readers, r)
 	}
-	return Flatten(dir, readers...)
+	return tarx.Flatten(dir, readers...)
 }
 
 // decompress returns the tar stream of a layer blob, recognising gzip and

@@ -15,6 +15,9 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/flick-vm/flick/internal/tarx"
+	"github.com/flick-vm/flick/internal/tarx/tartest"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -72,19 +75,23 @@ func (c countBuilds) Handle(ctx context.Context, r slog.Record) error {
 	return nil
 }
 
+type tarEntry = tartest.Entry
+
+func mkTar(tb testing.TB, entries ...tarEntry) []byte { return tartest.Build(tb, entries...) }
+
 func TestRootDisk(t *testing.T) {
 	var builds atomic.Int32
 	log := slog.New(countBuilds{Handler: slog.DiscardHandler, n: &builds})
 	s := newStoreWith(t, nil, log)
 	digest := loadTarImage(t, s, "flick.test/disk:1",
 		mkTar(t,
-			tarEntry{name: "bin/", typ: tar.TypeDir},
-			tarEntry{name: "bin/app", body: "#!/bin/app\n", mode: 0o4755},
-			tarEntry{name: "bin/sh", typ: tar.TypeSymlink, link: "app"},
-			tarEntry{name: "etc/gone", body: "x"},
-			tarEntry{name: "home/u/f", body: "user", uid: 1000, gid: 1000},
+			tarEntry{Name: "bin/", Typ: tar.TypeDir},
+			tarEntry{Name: "bin/app", Body: "#!/bin/app\n", Mode: 0o4755},
+			tarEntry{Name: "bin/sh", Typ: tar.TypeSymlink, Link: "app"},
+			tarEntry{Name: "etc/gone", Body: "x"},
+			tarEntry{Name: "home/u/f", Body: "user", UID: 1000, GID: 1000},
 		),
-		mkTar(t, tarEntry{name: "etc/.wh.gone"}, tarEntry{name: "etc/hostname", body: "flick\n"}),
+		mkTar(t, tarEntry{Name: "etc/.wh.gone"}, tarEntry{Name: "etc/hostname", Body: "flick\n"}),
 	)
 
 	// Concurrent first calls build once.
@@ -131,10 +138,10 @@ func TestRootDisk(t *testing.T) {
 	}
 
 	root := extractErofs(t, disk)
-	wantFile(t, root, "bin/app", "#!/bin/app\n", 0o755|os.ModeSetuid)
-	wantFile(t, root, "etc/hostname", "flick\n", 0o644)
-	wantGone(t, root, "etc/gone")
-	wantOwner(t, root, "home/u/f", 1000, 1000)
+	tartest.WantFile(t, root, "bin/app", "#!/bin/app\n", 0o755|os.ModeSetuid)
+	tartest.WantFile(t, root, "etc/hostname", "flick\n", 0o644)
+	tartest.WantGone(t, root, "etc/gone")
+	tartest.WantOwner(t, root, "home/u/f", 1000, 1000)
 	if l, err := os.Readlink(filepath.Join(root, "bin/sh")); err != nil || l != "app" {
 		t.Errorf("bin/sh -> %q %v", l, err)
 	}
@@ -165,7 +172,7 @@ func extractErofs(t *testing.T, disk string) string {
 
 func TestRootDiskWithoutMkfs(t *testing.T) {
 	s := newStore(t)
-	digest := loadTarImage(t, s, "flick.test/nomkfs:1", mkTar(t, tarEntry{name: "a", body: "a"}))
+	digest := loadTarImage(t, s, "flick.test/nomkfs:1", mkTar(t, tarEntry{Name: "a", Body: "a"}))
 	t.Setenv("PATH", t.TempDir())
 	_, _, err := s.RootDisk(t.Context(), digest)
 	if err == nil || !strings.Contains(err.Error(), "apt-get install erofs-utils") {
@@ -179,11 +186,11 @@ func BenchmarkFlattenMkfs(b *testing.B) {
 	}
 	var entries []tarEntry
 	for d := range 50 {
-		entries = append(entries, tarEntry{name: fmt.Sprintf("usr/share/d%02d/", d), typ: tar.TypeDir})
+		entries = append(entries, tarEntry{Name: fmt.Sprintf("usr/share/d%02d/", d), Typ: tar.TypeDir})
 		for f := range 60 {
 			entries = append(entries, tarEntry{
-				name: fmt.Sprintf("usr/share/d%02d/file%03d", d, f),
-				body: strings.Repeat("x", 100+f*20),
+				Name: fmt.Sprintf("usr/share/d%02d/file%03d", d, f),
+				Body: strings.Repeat("x", 100+f*20),
 			})
 		}
 	}
@@ -211,7 +218,7 @@ func BenchmarkFlattenMkfs(b *testing.B) {
 				if err := os.Mkdir(tree, 0o755); err != nil {
 					b.Fatal(err)
 				}
-				if err := Flatten(tree, bytes.NewReader(layer)); err != nil {
+				if err := tarx.Flatten(tree, bytes.NewReader(layer)); err != nil {
 					b.Fatal(err)
 				}
 				if err := mkfsErofs(b.Context(), "mkfs.erofs", filepath.Join(dir, "disk.erofs"), tree); err != nil {

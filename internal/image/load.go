@@ -19,6 +19,7 @@ import (
 
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/tarx"
 )
 
 // Annotations that name an image in an oci-layout.
@@ -141,7 +142,7 @@ func (s *Store) fromTar(p string) (found []loadable, cleanup func(), err error) 
 			return nil, cleanup, err
 		}
 		defer f.Close()
-		if err := Flatten(dir, f); err != nil {
+		if err := tarx.Flatten(dir, f); err != nil {
 			return nil, cleanup, errdefs.InvalidArgument("unpack oci-layout: %v", err)
 		}
 		found, err := fromLayout(dir)

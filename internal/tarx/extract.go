@@ -1,4 +1,8 @@
-package image
+// Package tarx writes tar streams into directories without ever writing
+// outside them, and writes directories as tar streams. It serves both the
+// image store (layers, with OCI whiteouts) and flick cp (on the host and in
+// the guest agent), so it imports only the standard library and x/sys.
+package tarx
 
 import (
 	"archive/tar"
@@ -33,7 +37,7 @@ func Flatten(dest string, layers ...io.Reader) error {
 		return fmt.Errorf("flatten into %s: %w", dest, err)
 	}
 	defer unix.Close(rootFD)
-	f := &flattener{root: rootFD, dirs: map[string]*tar.Header{}}
+	f := &flattener{root: rootFD, dirs: map[string]*tar.Header{}, whiteouts: true}
 	for i, l := range layers {
 		if err := f.layer(l); err != nil {
 			return fmt.Errorf("layer %d: %w", i, err)
@@ -42,8 +46,30 @@ func Flatten(dest string, layers ...io.Reader) error {
 	return f.finishDirs()
 }
 
+// Extract writes one tar stream into the directory dest with the same
+// defences as Flatten, for copies rather than image layers: names starting
+// with .wh. are ordinary files, and owners that the caller may not set
+// (chown failing with EPERM) leave the files owned by the caller, as tar
+// does for a user who is not root.
+func Extract(dest string, r io.Reader) error {
+	rootFD, err := unix.Open(dest, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("extract into %s: %w", dest, err)
+	}
+	defer unix.Close(rootFD)
+	f := &flattener{root: rootFD, dirs: map[string]*tar.Header{}, lenientOwner: true}
+	if err := f.layer(r); err != nil {
+		return err
+	}
+	return f.finishDirs()
+}
+
 type flattener struct {
 	root int
+	// whiteouts applies OCI whiteout entries instead of creating them.
+	whiteouts bool
+	// lenientOwner ignores EPERM from chown.
+	lenientOwner bool
 	// dirs holds the header of every directory entry seen, applied once all
 	// layers are in so that later writes do not disturb directory mtimes.
 	dirs map[string]*tar.Header
@@ -95,7 +121,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 	case tar.TypeXGlobalHeader:
 		return nil
 	case tar.TypeChar, tar.TypeBlock:
-		return fmt.Errorf("%s: device nodes are not allowed in an image layer", hdr.Name)
+		return fmt.Errorf("%s: device nodes are not allowed", hdr.Name)
 	}
 	p, err := cleanPath(hdr.Name)
 	if err != nil {
@@ -110,7 +136,7 @@ func (f *flattener) entry(hdr *tar.Header, r io.Reader) error {
 	dir, base := path.Split(p)
 	dir = strings.TrimSuffix(dir, "/")
 
-	if strings.HasPrefix(base, whiteoutPrefix) {
+	if f.whiteouts && strings.HasPrefix(base, whiteoutPrefix) {
 		parent, err := f.openDir(dir, false)
 		if errors.Is(err, unix.ENOENT) {
 			return nil // nothing below to hide
@@ -182,7 +208,7 @@ func (f *flattener) create(parent int, p, base string, hdr *tar.Header, r io.Rea
 		if err := setXattrs(fd, hdr); err != nil {
 			return err
 		}
-		if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
+		if err := f.owner(unix.Fchown(fd, hdr.Uid, hdr.Gid)); err != nil {
 			return err
 		}
 		if err := unix.Fchmod(fd, mode); err != nil {
@@ -197,7 +223,7 @@ func (f *flattener) create(parent int, p, base string, hdr *tar.Header, r io.Rea
 		if err := unix.Symlinkat(hdr.Linkname, parent, base); err != nil {
 			return err
 		}
-		if err := unix.Fchownat(parent, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := f.owner(unix.Fchownat(parent, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW)); err != nil {
 			return err
 		}
 		return setTimes(parent, base, hdr)
@@ -225,7 +251,7 @@ func (f *flattener) create(parent int, p, base string, hdr *tar.Header, r io.Rea
 		if err := unix.Mknodat(parent, base, unix.S_IFIFO|0o600, 0); err != nil {
 			return err
 		}
-		if err := unix.Fchownat(parent, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if err := f.owner(unix.Fchownat(parent, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW)); err != nil {
 			return err
 		}
 		if err := fchmodat(parent, base, mode); err != nil {
@@ -278,6 +304,14 @@ func (f *flattener) openDir(rel string, create bool) (int, error) {
 		cur = next
 	}
 	return openat2(f.root, rel, how)
+}
+
+// owner filters the error of a chown.
+func (f *flattener) owner(err error) error {
+	if f.lenientOwner && errors.Is(err, unix.EPERM) {
+		return nil
+	}
+	return err
 }
 
 func orDot(p string) string {
@@ -390,7 +424,7 @@ func (f *flattener) finishDirs() error {
 		if base == "" {
 			base = "."
 		}
-		err = finishDir(parent, base, hdr)
+		err = finishDir(parent, base, hdr, f.lenientOwner)
 		unix.Close(parent)
 		if err != nil {
 			return fmt.Errorf("%s: %w", hdr.Name, err)
@@ -399,7 +433,7 @@ func (f *flattener) finishDirs() error {
 	return nil
 }
 
-func finishDir(parent int, base string, hdr *tar.Header) error {
+func finishDir(parent int, base string, hdr *tar.Header, lenientOwner bool) error {
 	fd, err := unix.Openat(parent, base, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.ENOTDIR) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOENT) {
 		return nil // replaced by something else since
@@ -411,7 +445,7 @@ func finishDir(parent int, base string, hdr *tar.Header) error {
 	if err := setXattrs(fd, hdr); err != nil {
 		return err
 	}
-	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil {
+	if err := unix.Fchown(fd, hdr.Uid, hdr.Gid); err != nil && !(lenientOwner && errors.Is(err, unix.EPERM)) {
 		return err
 	}
 	if err := unix.Fchmod(fd, uint32(hdr.Mode)&0o7777); err != nil {

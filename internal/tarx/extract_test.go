@@ -1,6 +1,8 @@
-package image
+package tarx
 
 import (
+	"github.com/flick-vm/flick/internal/tarx/tartest"
+
 	"archive/tar"
 	"bytes"
 	"io"
@@ -9,65 +11,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
-// tarEntry is one entry of a test layer.
-type tarEntry struct {
-	name string
-	typ  byte // tar.TypeReg when zero
-	body string
-	link string
-	mode int64
-	uid  int
-	gid  int
-}
+type tarEntry = tartest.Entry
 
-var testMtime = time.Date(2021, 3, 4, 5, 6, 7, 0, time.UTC)
+var testMtime = tartest.Mtime
 
-func mkTar(tb testing.TB, entries ...tarEntry) []byte {
-	tb.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		hdr := &tar.Header{
-			Name:     e.name,
-			Typeflag: e.typ,
-			Linkname: e.link,
-			Mode:     e.mode,
-			Uid:      e.uid,
-			Gid:      e.gid,
-			ModTime:  testMtime,
-			Format:   tar.FormatPAX,
-		}
-		if hdr.Typeflag == 0 {
-			hdr.Typeflag = tar.TypeReg
-		}
-		if hdr.Mode == 0 {
-			hdr.Mode = 0o644
-			if hdr.Typeflag == tar.TypeDir {
-				hdr.Mode = 0o755
-			}
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			hdr.Size = int64(len(e.body))
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			tb.Fatalf("tar header %s: %v", e.name, err)
-		}
-		if hdr.Size > 0 {
-			if _, err := tw.Write([]byte(e.body)); err != nil {
-				tb.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	return buf.Bytes()
-}
+func mkTar(tb testing.TB, entries ...tarEntry) []byte { return tartest.Build(tb, entries...) }
 
 func readers(layers [][]byte) []io.Reader {
 	var rs []io.Reader
@@ -140,22 +91,22 @@ func TestFlatten(t *testing.T) {
 		{
 			name: "files, modes, owners, links",
 			layers: [][]tarEntry{{
-				{name: "bin/", typ: tar.TypeDir, mode: 0o755},
-				{name: "bin/su", body: "su", mode: 0o4755, uid: 0, gid: 0},
-				{name: "home/app/", typ: tar.TypeDir, mode: 0o750, uid: 1000, gid: 1000},
-				{name: "home/app/data", body: "hello", mode: 0o640, uid: 1000, gid: 1001},
-				{name: "bin/sh", typ: tar.TypeSymlink, link: "busybox"},
-				{name: "bin/busybox", body: "bb", mode: 0o755},
-				{name: "bin/ls", typ: tar.TypeLink, link: "bin/busybox"},
-				{name: "./etc/hosts", body: "127.0.0.1 localhost\n"}, // parent not in the tar
-				{name: "run/fifo", typ: tar.TypeFifo, mode: 0o600},
+				{Name: "bin/", Typ: tar.TypeDir, Mode: 0o755},
+				{Name: "bin/su", Body: "su", Mode: 0o4755, UID: 0, GID: 0},
+				{Name: "home/app/", Typ: tar.TypeDir, Mode: 0o750, UID: 1000, GID: 1000},
+				{Name: "home/app/data", Body: "hello", Mode: 0o640, UID: 1000, GID: 1001},
+				{Name: "bin/sh", Typ: tar.TypeSymlink, Link: "busybox"},
+				{Name: "bin/busybox", Body: "bb", Mode: 0o755},
+				{Name: "bin/ls", Typ: tar.TypeLink, Link: "bin/busybox"},
+				{Name: "./etc/hosts", Body: "127.0.0.1 localhost\n"}, // parent not in the tar
+				{Name: "run/fifo", Typ: tar.TypeFifo, Mode: 0o600},
 			}},
 			check: func(t *testing.T, root string) {
-				wantFile(t, root, "bin/su", "su", fs.ModeSetuid|0o755)
-				wantFile(t, root, "home/app/data", "hello", 0o640)
-				wantOwner(t, root, "home/app/data", 1000, 1001)
-				wantOwner(t, root, "home/app", 1000, 1000)
-				wantMode(t, root, "home/app", fs.ModeDir|0o750)
+				tartest.WantFile(t, root, "bin/su", "su", fs.ModeSetuid|0o755)
+				tartest.WantFile(t, root, "home/app/data", "hello", 0o640)
+				tartest.WantOwner(t, root, "home/app/data", 1000, 1001)
+				tartest.WantOwner(t, root, "home/app", 1000, 1000)
+				tartest.WantMode(t, root, "home/app", fs.ModeDir|0o750)
 				if l, err := os.Readlink(filepath.Join(root, "bin/sh")); err != nil || l != "busybox" {
 					t.Errorf("bin/sh -> %q, %v; want busybox", l, err)
 				}
@@ -164,7 +115,7 @@ func TestFlatten(t *testing.T) {
 				if a == nil || b == nil || !os.SameFile(a, b) {
 					t.Errorf("bin/ls is not a hard link of bin/busybox")
 				}
-				wantFile(t, root, "etc/hosts", "127.0.0.1 localhost\n", 0o644)
+				tartest.WantFile(t, root, "etc/hosts", "127.0.0.1 localhost\n", 0o644)
 				fi, err := os.Stat(filepath.Join(root, "home/app"))
 				if err != nil || !fi.ModTime().Equal(testMtime) {
 					t.Errorf("home/app mtime = %v, want %v (%v)", fi.ModTime(), testMtime, err)
@@ -177,57 +128,57 @@ func TestFlatten(t *testing.T) {
 		{
 			name: "whiteout",
 			layers: [][]tarEntry{
-				{{name: "a/b", body: "b"}, {name: "a/c", body: "c"}, {name: "d/e/f", body: "f"}},
-				{{name: "a/.wh.b"}, {name: ".wh.d"}},
+				{{Name: "a/b", Body: "b"}, {Name: "a/c", Body: "c"}, {Name: "d/e/f", Body: "f"}},
+				{{Name: "a/.wh.b"}, {Name: ".wh.d"}},
 			},
 			check: func(t *testing.T, root string) {
-				wantGone(t, root, "a/b")
-				wantGone(t, root, "d")
-				wantFile(t, root, "a/c", "c", 0o644)
+				tartest.WantGone(t, root, "a/b")
+				tartest.WantGone(t, root, "d")
+				tartest.WantFile(t, root, "a/c", "c", 0o644)
 			},
 		},
 		{
 			name: "opaque directory",
 			layers: [][]tarEntry{
-				{{name: "d/x", body: "x"}, {name: "d/sub/y", body: "y"}, {name: "e/keep", body: "k"}},
-				{{name: "d/", typ: tar.TypeDir}, {name: "d/z", body: "z"}, {name: "d/.wh..wh..opq"}},
+				{{Name: "d/x", Body: "x"}, {Name: "d/sub/y", Body: "y"}, {Name: "e/keep", Body: "k"}},
+				{{Name: "d/", Typ: tar.TypeDir}, {Name: "d/z", Body: "z"}, {Name: "d/.wh..wh..opq"}},
 			},
 			check: func(t *testing.T, root string) {
-				wantGone(t, root, "d/x")
-				wantGone(t, root, "d/sub")
-				wantFile(t, root, "d/z", "z", 0o644)
-				wantFile(t, root, "e/keep", "k", 0o644)
+				tartest.WantGone(t, root, "d/x")
+				tartest.WantGone(t, root, "d/sub")
+				tartest.WantFile(t, root, "d/z", "z", 0o644)
+				tartest.WantFile(t, root, "e/keep", "k", 0o644)
 			},
 		},
 		{
 			name: "later layer replaces file with dir and dir with file",
 			layers: [][]tarEntry{
-				{{name: "p", body: "file"}, {name: "q/r", body: "r"}},
-				{{name: "p/", typ: tar.TypeDir}, {name: "p/in", body: "in"}, {name: "q", body: "now a file"}},
+				{{Name: "p", Body: "file"}, {Name: "q/r", Body: "r"}},
+				{{Name: "p/", Typ: tar.TypeDir}, {Name: "p/in", Body: "in"}, {Name: "q", Body: "now a file"}},
 			},
 			check: func(t *testing.T, root string) {
-				wantFile(t, root, "p/in", "in", 0o644)
-				wantFile(t, root, "q", "now a file", 0o644)
+				tartest.WantFile(t, root, "p/in", "in", 0o644)
+				tartest.WantFile(t, root, "q", "now a file", 0o644)
 			},
 		},
 		{
 			name: "symlink inside the root is followed for parents",
 			layers: [][]tarEntry{
-				{{name: "usr/lib/", typ: tar.TypeDir}, {name: "lib", typ: tar.TypeSymlink, link: "usr/lib"}},
-				{{name: "lib/libc.so", body: "c"}},
+				{{Name: "usr/lib/", Typ: tar.TypeDir}, {Name: "lib", Typ: tar.TypeSymlink, Link: "usr/lib"}},
+				{{Name: "lib/libc.so", Body: "c"}},
 			},
 			check: func(t *testing.T, root string) {
-				wantFile(t, root, "usr/lib/libc.so", "c", 0o644)
+				tartest.WantFile(t, root, "usr/lib/libc.so", "c", 0o644)
 			},
 		},
 		{
 			name: "a file replaces a symlink instead of writing through it",
 			layers: [][]tarEntry{
-				{{name: "etc/passwd", typ: tar.TypeSymlink, link: "../../outside/etc/passwd"}},
-				{{name: "etc/passwd", body: "mine"}},
+				{{Name: "etc/passwd", Typ: tar.TypeSymlink, Link: "../../outside/etc/passwd"}},
+				{{Name: "etc/passwd", Body: "mine"}},
 			},
 			check: func(t *testing.T, root string) {
-				wantFile(t, root, "etc/passwd", "mine", 0o644)
+				tartest.WantFile(t, root, "etc/passwd", "mine", 0o644)
 			},
 		},
 	}
@@ -259,46 +210,46 @@ func hostileCases(outside string) []struct {
 		layers [][]tarEntry
 		path   string
 	}{
-		{"dot-dot", [][]tarEntry{{{name: "../x", body: "x"}}}, "../x"},
-		{"dot-dot inside", [][]tarEntry{{{name: "a/../../x", body: "x"}}}, "a/../../x"},
-		{"absolute", [][]tarEntry{{{name: "/etc/x", body: "x"}}}, "/etc/x"},
+		{"dot-dot", [][]tarEntry{{{Name: "../x", Body: "x"}}}, "../x"},
+		{"dot-dot inside", [][]tarEntry{{{Name: "a/../../x", Body: "x"}}}, "a/../../x"},
+		{"absolute", [][]tarEntry{{{Name: "/etc/x", Body: "x"}}}, "/etc/x"},
 		{"symlink parent to /", [][]tarEntry{
-			{{name: "lnk", typ: tar.TypeSymlink, link: "/"}},
-			{{name: "lnk" + outside + "/etc/passwd", body: "pwned"}},
+			{{Name: "lnk", Typ: tar.TypeSymlink, Link: "/"}},
+			{{Name: "lnk" + outside + "/etc/passwd", Body: "pwned"}},
 		}, "lnk" + outside + "/etc/passwd"},
 		{"symlink parent to /, same layer", [][]tarEntry{{
-			{name: "lnk", typ: tar.TypeSymlink, link: "/"},
-			{name: "lnk" + outside + "/x", body: "pwned"},
+			{Name: "lnk", Typ: tar.TypeSymlink, Link: "/"},
+			{Name: "lnk" + outside + "/x", Body: "pwned"},
 		}}, "lnk" + outside + "/x"},
 		{"symlink parent up", [][]tarEntry{{
-			{name: "lnk", typ: tar.TypeSymlink, link: "../.."},
-			{name: "lnk/x", body: "pwned"},
+			{Name: "lnk", Typ: tar.TypeSymlink, Link: "../.."},
+			{Name: "lnk/x", Body: "pwned"},
 		}}, "lnk/x"},
 		{"symlink chain up", [][]tarEntry{{
-			{name: "a/b", typ: tar.TypeSymlink, link: "../c"},
-			{name: "c", typ: tar.TypeSymlink, link: "../outside"},
-			{name: "a/b/etc/passwd", body: "pwned"},
+			{Name: "a/b", Typ: tar.TypeSymlink, Link: "../c"},
+			{Name: "c", Typ: tar.TypeSymlink, Link: "../outside"},
+			{Name: "a/b/etc/passwd", Body: "pwned"},
 		}}, "a/b/etc/passwd"},
 		{"symlink parent to absolute outside", [][]tarEntry{{
-			{name: "lnk", typ: tar.TypeSymlink, link: outside},
-			{name: "lnk/new", body: "pwned"},
+			{Name: "lnk", Typ: tar.TypeSymlink, Link: outside},
+			{Name: "lnk/new", Body: "pwned"},
 		}}, "lnk/new"},
-		{"hardlink escape", [][]tarEntry{{{name: "h", typ: tar.TypeLink, link: "../../etc/passwd"}}}, "../../etc/passwd"},
-		{"hardlink absolute", [][]tarEntry{{{name: "h", typ: tar.TypeLink, link: "/etc/passwd"}}}, "/etc/passwd"},
+		{"hardlink escape", [][]tarEntry{{{Name: "h", Typ: tar.TypeLink, Link: "../../etc/passwd"}}}, "../../etc/passwd"},
+		{"hardlink absolute", [][]tarEntry{{{Name: "h", Typ: tar.TypeLink, Link: "/etc/passwd"}}}, "/etc/passwd"},
 		{"hardlink through symlink", [][]tarEntry{{
-			{name: "lnk", typ: tar.TypeSymlink, link: "../outside"},
-			{name: "h", typ: tar.TypeLink, link: "lnk/etc/passwd"},
+			{Name: "lnk", Typ: tar.TypeSymlink, Link: "../outside"},
+			{Name: "h", Typ: tar.TypeLink, Link: "lnk/etc/passwd"},
 		}}, "lnk/etc/passwd"},
-		{"hardlink missing target", [][]tarEntry{{{name: "h", typ: tar.TypeLink, link: "nope"}}}, "nope"},
-		{"char device", [][]tarEntry{{{name: "dev/mem", typ: tar.TypeChar}}}, "dev/mem"},
-		{"block device", [][]tarEntry{{{name: "dev/sda", typ: tar.TypeBlock}}}, "dev/sda"},
+		{"hardlink missing target", [][]tarEntry{{{Name: "h", Typ: tar.TypeLink, Link: "nope"}}}, "nope"},
+		{"char device", [][]tarEntry{{{Name: "dev/mem", Typ: tar.TypeChar}}}, "dev/mem"},
+		{"block device", [][]tarEntry{{{Name: "dev/sda", Typ: tar.TypeBlock}}}, "dev/sda"},
 		{"whiteout through symlink", [][]tarEntry{
-			{{name: "lnk", typ: tar.TypeSymlink, link: "../outside/etc"}},
-			{{name: "lnk/.wh.passwd"}},
+			{{Name: "lnk", Typ: tar.TypeSymlink, Link: "../outside/etc"}},
+			{{Name: "lnk/.wh.passwd"}},
 		}, "lnk/.wh.passwd"},
 		{"opaque through symlink", [][]tarEntry{
-			{{name: "lnk", typ: tar.TypeSymlink, link: "../outside/etc"}},
-			{{name: "lnk/.wh..wh..opq"}},
+			{{Name: "lnk", Typ: tar.TypeSymlink, Link: "../outside/etc"}},
+			{{Name: "lnk/.wh..wh..opq"}},
 		}, "lnk/.wh..wh..opq"},
 	}
 }
@@ -313,9 +264,9 @@ func TestFlattenRefusesHostileLayers(t *testing.T) {
 			for _, l := range tt.layers {
 				var es []tarEntry
 				for _, e := range l {
-					e.name = strings.ReplaceAll(e.name, "/OUTSIDE", outside)
-					if e.link == "/OUTSIDE" {
-						e.link = outside
+					e.Name = strings.ReplaceAll(e.Name, "/OUTSIDE", outside)
+					if e.Link == "/OUTSIDE" {
+						e.Link = outside
 					}
 					es = append(es, e)
 				}
@@ -343,10 +294,10 @@ func FuzzFlatten(f *testing.F) {
 		f.Add(mkTar(f, all...))
 	}
 	f.Add(mkTar(f,
-		tarEntry{name: "d/x", body: "x"}, tarEntry{name: "d/.wh..wh..opq"},
-		tarEntry{name: "l", typ: tar.TypeSymlink, link: "d"}, tarEntry{name: "l/y", body: "y"},
-		tarEntry{name: "h", typ: tar.TypeLink, link: "d/x"}, tarEntry{name: ".wh.d"},
-		tarEntry{name: "d", body: "file"}, tarEntry{name: "d/", typ: tar.TypeDir},
+		tarEntry{Name: "d/x", Body: "x"}, tarEntry{Name: "d/.wh..wh..opq"},
+		tarEntry{Name: "l", Typ: tar.TypeSymlink, Link: "d"}, tarEntry{Name: "l/y", Body: "y"},
+		tarEntry{Name: "h", Typ: tar.TypeLink, Link: "d/x"}, tarEntry{Name: ".wh.d"},
+		tarEntry{Name: "d", Body: "file"}, tarEntry{Name: "d/", Typ: tar.TypeDir},
 	))
 	// Fuzzing makes and removes thousands of trees: on a disk mounted with
 	// discard that alone runs at a few per second, so use tmpfs if there is one.
@@ -365,49 +316,4 @@ func FuzzFlatten(f *testing.F) {
 		_ = Flatten(dest, bytes.NewReader(data), bytes.NewReader(data))
 		check(t)
 	})
-}
-
-func wantFile(t *testing.T, root, p, body string, mode fs.FileMode) {
-	t.Helper()
-	got, err := os.ReadFile(filepath.Join(root, p))
-	if err != nil {
-		t.Errorf("%s: %v", p, err)
-		return
-	}
-	if string(got) != body {
-		t.Errorf("%s = %q, want %q", p, got, body)
-	}
-	wantMode(t, root, p, mode)
-}
-
-func wantMode(t *testing.T, root, p string, mode fs.FileMode) {
-	t.Helper()
-	fi, err := os.Lstat(filepath.Join(root, p))
-	if err != nil {
-		t.Errorf("%s: %v", p, err)
-		return
-	}
-	if fi.Mode() != mode {
-		t.Errorf("%s mode = %v, want %v", p, fi.Mode(), mode)
-	}
-}
-
-func wantOwner(t *testing.T, root, p string, uid, gid int) {
-	t.Helper()
-	fi, err := os.Lstat(filepath.Join(root, p))
-	if err != nil {
-		t.Errorf("%s: %v", p, err)
-		return
-	}
-	st := fi.Sys().(*syscall.Stat_t)
-	if int(st.Uid) != uid || int(st.Gid) != gid {
-		t.Errorf("%s owner = %d:%d, want %d:%d", p, st.Uid, st.Gid, uid, gid)
-	}
-}
-
-func wantGone(t *testing.T, root, p string) {
-	t.Helper()
-	if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
-		t.Errorf("%s still exists", p)
-	}
 }

@@ -1,0 +1,134 @@
+package tarx
+
+import (
+	"archive/tar"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+)
+
+// Create writes src (a file, a symlink or a directory with everything
+// below it) to w as a tar stream whose entries are named name,
+// name/child and so on. Symlinks are stored as symlinks, never followed;
+// modes, owners and mtimes are kept. Sockets and device nodes are left out,
+// because Extract refuses device nodes and a socket cannot be copied.
+func Create(w io.Writer, src, name string) error {
+	tw := tar.NewWriter(w)
+	err := filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		entry := path.Join(name, filepath.ToSlash(rel))
+		return addEntry(tw, p, entry)
+	})
+	if err != nil {
+		return err
+	}
+	return tw.Close()
+}
+
+func addEntry(tw *tar.Writer, p, name string) error {
+	fi, err := os.Lstat(p)
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&(fs.ModeSocket|fs.ModeDevice|fs.ModeCharDevice) != 0 {
+		return nil
+	}
+	var link string
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		if link, err = os.Readlink(p); err != nil {
+			return err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	hdr.Name = name
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	hdr.Format = tar.FormatPAX
+	hdr.Uname, hdr.Gname = "", ""
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		hdr.Uid, hdr.Gid = int(st.Uid), int(st.Gid)
+	}
+	if err := tw.WriteHeader(hdr); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// A file that grows while it is read is cut at the size in its
+	// header; one that shrinks is an error, as tar gives.
+	n, err := io.Copy(tw, io.LimitReader(f, hdr.Size))
+	if err == nil && n < hdr.Size {
+		err = errors.New("file shrank while it was read")
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	return nil
+}
+
+// Rename returns a reader of the tar stream r with its top-level entry
+// renamed from old to new: old itself and everything below old/. Entries
+// outside old are passed unchanged and hard links are renamed alike.
+func Rename(r io.Reader, old, new string) io.Reader {
+	if old == new {
+		return r
+	}
+	pr, pw := io.Pipe()
+	go func() {
+		pw.CloseWithError(rename(r, pw, old, new))
+	}()
+	return pr
+}
+
+func rename(r io.Reader, w io.Writer, old, new string) error {
+	tr := tar.NewReader(r)
+	tw := tar.NewWriter(w)
+	re := func(n string) string {
+		switch {
+		case n == old || n == old+"/":
+			return new + n[len(old):]
+		case len(n) > len(old) && n[:len(old)+1] == old+"/":
+			return new + n[len(old):]
+		}
+		return n
+	}
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return tw.Close()
+		}
+		if err != nil {
+			return err
+		}
+		hdr.Name = re(hdr.Name)
+		if hdr.Typeflag == tar.TypeLink {
+			hdr.Linkname = re(hdr.Linkname)
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if _, err := io.Copy(tw, tr); err != nil {
+			return err
+		}
+	}
+}
