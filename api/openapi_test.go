@@ -136,6 +136,9 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"Instance":       Instance{},
 		"WaitResponse":   WaitResponse{},
 		"LogRecord":      LogRecord{},
+		"ExecRequest":    ExecRequest{},
+		"ExecExit":       ExecExit{},
+		"PathStat":       PathStat{},
 	}
 	for name, v := range types {
 		s, ok := schemas[name].(map[string]any)

@@ -36,6 +36,10 @@ var Routes = []Route{
 	{"instanceRemove", "DELETE", "/v1/instances/{id}"},
 	{"instanceLogs", "GET", "/v1/instances/{id}/logs"},
 	{"instanceConsole", "GET", "/v1/instances/{id}/console"},
+	{"instanceExec", "GET", "/v1/instances/{id}/exec"},
+	{"instanceStat", "GET", "/v1/instances/{id}/stat"},
+	{"instanceArchiveGet", "GET", "/v1/instances/{id}/archive"},
+	{"instanceArchivePut", "PUT", "/v1/instances/{id}/archive"},
 }
 
 // Media types of the API's bodies.

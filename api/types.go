@@ -23,9 +23,13 @@ const (
 	PhaseKernel = "kernel" // vCPUs started until flick-init says hello
 	PhaseInit   = "init"   // hello until flick-init is about to exec the app
 	PhaseApp    = "app"    // exec until the app's process is running
+	// PhaseReady is the app's process running until its readiness check
+	// passes; recorded only for instances that have one.
+	PhaseReady = "ready"
 )
 
-// Phases lists the boot phases in order.
+// Phases lists the boot phases that every start records, in order;
+// PhaseReady follows them when the instance has a readiness check.
 var Phases = []string{PhaseImage, PhaseDisk, PhaseVMM, PhaseKernel, PhaseInit, PhaseApp}
 
 // Instance is a microVM running one image.
@@ -76,6 +80,15 @@ type InstanceConfig struct {
 	// layer kept across stop and start; the default) or "memory" (guest
 	// RAM, up to half of it, gone when the VM stops; faster to boot).
 	WritableLayer string `json:"writable_layer,omitempty"`
+	// NoAgent runs no guest agent: exec and cp answer 409, and the
+	// instance is running as soon as its app's process is.
+	NoAgent bool `json:"no_agent,omitempty"`
+	// Ready is a readiness check, "tcp:PORT" or "http://:PORT/PATH", run
+	// in the guest by the agent until it passes: the instance is running
+	// only then. Empty means the image's label flick.ready, if any.
+	Ready string `json:"ready,omitempty"`
+	// ReadyTimeout is how long the check may take, in seconds (default 60).
+	ReadyTimeout int `json:"ready_timeout,omitempty"`
 }
 
 // CreateRequest is the body of POST /v1/instances.
@@ -84,6 +97,52 @@ type CreateRequest struct {
 	Image string `json:"image"`
 	InstanceConfig
 }
+
+// ExecRequest is the first message a client sends on the WebSocket of GET
+// /v1/instances/{id}/exec.
+type ExecRequest struct {
+	Cmd        []string `json:"cmd"`
+	Env        []string `json:"env,omitempty"`         // K=V, over the instance's
+	WorkingDir string   `json:"working_dir,omitempty"` // default the instance's
+	User       string   `json:"user,omitempty"`        // default the instance's
+	TTY        bool     `json:"tty,omitempty"`
+	Stdin      bool     `json:"stdin,omitempty"`
+	Rows       uint16   `json:"rows,omitempty"` // the terminal's size, with TTY
+	Cols       uint16   `json:"cols,omitempty"`
+}
+
+// Exec stream message types: the first byte of every binary WebSocket
+// message; the rest is the payload.
+const (
+	ExecStdout     byte = 2  // server: output (all of it with a TTY)
+	ExecStderr     byte = 3  // server: error output
+	ExecSignal     byte = 5  // client: one byte, a signal number for the process
+	ExecStdin      byte = 18 // client: input
+	ExecStdinClose byte = 19 // client: end of input; no payload
+	ExecResize     byte = 20 // client: JSON {"rows":N,"cols":N}
+	ExecExitStatus byte = 21 // server, last: JSON ExecExit
+)
+
+// ExecExit ends an exec: the process's exit code (127 not found, 126 not
+// executable, 128+N killed by signal N).
+type ExecExit struct {
+	ExitCode int    `json:"exit_code"`
+	Signal   int    `json:"signal,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// PathStat describes a path inside an instance. Mode is a Go fs.FileMode.
+type PathStat struct {
+	Name       string    `json:"name"`
+	Size       int64     `json:"size"`
+	Mode       uint32    `json:"mode"`
+	ModTime    time.Time `json:"mtime"`
+	LinkTarget string    `json:"link_target,omitempty"`
+}
+
+// HeaderPathStat carries the base64 (standard encoding) JSON PathStat of
+// the path that GET /v1/instances/{id}/archive streams.
+const HeaderPathStat = "X-Flick-Path-Stat"
 
 // Image is a pulled or loaded image.
 type Image struct {
@@ -104,7 +163,13 @@ type ImageConfig struct {
 	WorkingDir string   `json:"working_dir,omitempty"`
 	User       string   `json:"user,omitempty"`
 	StopSignal string   `json:"stop_signal,omitempty"`
+	// Ready is the image's readiness check, from its label flick.ready
+	// (same syntax as InstanceConfig.Ready).
+	Ready string `json:"ready,omitempty"`
 }
+
+// ReadyLabel is the image label that gives an image's readiness check.
+const ReadyLabel = "flick.ready"
 
 // PullRequest is the body of POST /v1/images/pull.
 type PullRequest struct {

@@ -69,6 +69,7 @@ func envValue(env []string, key string) (string, bool) {
 // app is the started process.
 type app struct {
 	pid     int
+	exit    <-chan unix.WaitStatus
 	outDone chan struct{}
 	errDone chan struct{}
 }
@@ -158,6 +159,7 @@ func startApp(p *port, l *launch) (*app, error) {
 	p.event(wire.Event{Kind: wire.EventExec})
 
 	appMu.Lock()
+	kids.mu.Lock()
 	pid, err := syscall.ForkExec(l.argv0, l.args, &syscall.ProcAttr{
 		Dir:   l.dir,
 		Env:   l.env,
@@ -168,12 +170,15 @@ func startApp(p *port, l *launch) (*app, error) {
 			Setsid:     true,
 		},
 	})
+	var exit <-chan unix.WaitStatus
 	if err == nil {
+		exit = kids.watchLocked(pid)
 		appPID = pid
 		if pendingSig != 0 {
 			unix.Kill(pid, unix.Signal(pendingSig))
 		}
 	}
+	kids.mu.Unlock()
 	appMu.Unlock()
 	outW.Close()
 	errW.Close()
@@ -186,34 +191,19 @@ func startApp(p *port, l *launch) (*app, error) {
 		}
 		return nil, &execError{code, fmt.Sprintf("exec %q: %v", l.args[0], err)}
 	}
-	a := &app{pid: pid, outDone: make(chan struct{}), errDone: make(chan struct{})}
+	a := &app{pid: pid, exit: exit, outDone: make(chan struct{}), errDone: make(chan struct{})}
 	go p.pump(wire.TypeStdout, outR, a.outDone)
 	go p.pump(wire.TypeStderr, errR, a.errDone)
 	return a, nil
 }
 
-// wait reaps children until the app is gone, then keeps reaping orphans in
-// the background, and returns the app's exit code (128+signal when killed)
-// and signal.
+// wait waits for the app to exit and returns its exit code (128+signal
+// when killed) and signal. Orphans are reaped meanwhile by kids.
 func (a *app) wait() (code, sig int) {
-	var ws unix.WaitStatus
-	for {
-		pid, err := unix.Wait4(-1, &ws, 0, nil)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			logf("wait: %v", err)
-			return 255, 0
-		}
-		if pid == a.pid {
-			break
-		}
-	}
+	ws := <-a.exit
 	appMu.Lock()
 	appPID = 0
 	appMu.Unlock()
-	go reapForever()
 
 	// The pipes end when the last writer exits; do not wait for orphans.
 	timeout := time.NewTimer(drainTimeout)
@@ -234,18 +224,4 @@ func exitCode(ws unix.WaitStatus) (code, sig int) {
 		return 128 + int(ws.Signal()), int(ws.Signal())
 	}
 	return ws.ExitStatus(), 0
-}
-
-// reapForever reaps orphans that were reparented to PID 1.
-func reapForever() {
-	for {
-		var ws unix.WaitStatus
-		_, err := unix.Wait4(-1, &ws, 0, nil)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			if !errors.Is(err, unix.ECHILD) {
-				return
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
 }

@@ -8,7 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// portTimeout bounds the wait for the agent port to appear.
+// portTimeout bounds the wait for a virtio-serial port to appear.
 const portTimeout = 10 * time.Second
 
 // run is flick-init's whole life; it ends by resetting the machine.
@@ -22,7 +22,7 @@ func run(start int64) {
 	prepared := make(chan prepResult, 1)
 	go func() {
 		var r prepResult
-		r.app, r.err = prepare()
+		r.cfg, r.app, r.err = prepare()
 		prepared <- r
 	}()
 
@@ -60,23 +60,24 @@ func run(start int64) {
 }
 
 type prepResult struct {
+	cfg wire.Config
 	app *launch
 	err error
 }
 
 // prepare reads the config, builds the app's root and resolves what to
 // exec: everything that does not need the host.
-func prepare() (*launch, error) {
+func prepare() (wire.Config, *launch, error) {
 	cfg, err := readConfig()
 	if err != nil {
-		return nil, err
+		return cfg, nil, err
 	}
 	if err := setupRoot(cfg); err != nil {
-		return nil, err
+		return cfg, nil, err
 	}
 	root, err := openRootDir(newRoot)
 	if err != nil {
-		return nil, err
+		return cfg, nil, err
 	}
 	if err := setHostname(root, cfg.Hostname); err != nil {
 		logf("%v", err)
@@ -84,7 +85,8 @@ func prepare() (*launch, error) {
 	if err := loopbackUp(); err != nil {
 		logf("%v", err)
 	}
-	return planApp(root, cfg)
+	l, err := planApp(root, cfg)
+	return cfg, l, err
 }
 
 // runApp starts the app in the prepared root and waits for it.
@@ -97,6 +99,10 @@ func runApp(p *port, r prepResult) (code, sig int, err error) {
 		return 0, 0, err
 	}
 	p.event(wire.Event{Kind: wire.EventStarted, PID: a.pid})
+	if !r.cfg.NoAgent {
+		// After the app, not before: the agent is not on the boot path.
+		go superviseAgent(p, r.cfg)
+	}
 	code, sig = a.wait()
 	return code, sig, nil
 }
@@ -105,6 +111,7 @@ func runApp(p *port, r prepResult) (code, sig int, err error) {
 // the machine, which ends the VM: QEMU runs with -no-reboot and the kernel
 // with reboot=t.
 func shutdown() {
+	stopping.Store(true)
 	unix.Kill(-1, unix.SIGKILL)
 	done := make(chan struct{})
 	go func() {

@@ -35,6 +35,9 @@ type createFlags struct {
 	stopSignal  string
 	stopTimeout int
 	layer       string
+	noAgent     bool
+	ready       string
+	readyTime   int
 	fs          *pflag.FlagSet
 }
 
@@ -55,6 +58,9 @@ func (f *createFlags) register(fs *pflag.FlagSet, withName bool) {
 	fs.StringVar(&f.stopSignal, "stop-signal", "", "signal that stops the app (default the image's, else TERM)")
 	fs.IntVar(&f.stopTimeout, "stop-timeout", 0, "seconds to wait after the stop signal before killing (default 10)")
 	fs.StringVar(&f.layer, "layer", "", "where the app's writes go: disk (kept across stop/start) or memory (in guest RAM, faster to boot; the default with --rm)")
+	fs.BoolVar(&f.noAgent, "no-agent", false, "run no guest agent: no exec or cp, and the instance is running once its app has started")
+	fs.StringVar(&f.ready, "ready", "", "readiness check run in the guest: tcp:PORT or http://:PORT/PATH; the instance is running only once it passes (default the image's label flick.ready)")
+	fs.IntVar(&f.readyTime, "ready-timeout", 0, "seconds the readiness check may take (default 60)")
 }
 
 // request builds the create request for image and cmd.
@@ -119,6 +125,12 @@ func (f *createFlags) request(image string, cmd []string) (api.CreateRequest, er
 	default:
 		return req, fmt.Errorf("invalid --layer %q: want disk or memory", f.layer)
 	}
+	cfg.NoAgent = f.noAgent
+	cfg.Ready = f.ready
+	if f.readyTime < 0 {
+		return req, fmt.Errorf("invalid --ready-timeout %d: want seconds", f.readyTime)
+	}
+	cfg.ReadyTimeout = f.readyTime
 	return req, nil
 }
 

@@ -69,6 +69,11 @@ func New(cfg Config) *Server {
 		"instanceRemove":  s.instanceRemove,
 		"instanceLogs":    s.instanceLogs,
 		"instanceConsole": s.instanceConsole,
+
+		"instanceExec":       s.instanceExec,
+		"instanceStat":       s.instanceStat,
+		"instanceArchiveGet": s.instanceArchiveGet,
+		"instanceArchivePut": s.instanceArchivePut,
 	}
 	for _, r := range api.Routes {
 		h, ok := handlers[r.Name]
@@ -100,7 +105,9 @@ func Status(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, errdefs.ErrUnavailable):
 		return http.StatusServiceUnavailable
-	case errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, errdefs.ErrForbidden):
+		return http.StatusForbidden
+	case errors.Is(err, errdefs.ErrTimeout), errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	}
 	return http.StatusInternalServerError

@@ -15,6 +15,8 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	ErrConflict        = errors.New("conflict")
 	ErrUnavailable     = errors.New("unavailable")
+	ErrForbidden       = errors.New("forbidden")
+	ErrTimeout         = errors.New("timeout")
 )
 
 type classed struct {
@@ -52,3 +54,10 @@ func Conflict(format string, args ...any) error { return newf(ErrConflict, forma
 
 // Unavailable returns an error of class ErrUnavailable.
 func Unavailable(format string, args ...any) error { return newf(ErrUnavailable, format, args...) }
+
+// Forbidden returns an error of class ErrForbidden.
+func Forbidden(format string, args ...any) error { return newf(ErrForbidden, format, args...) }
+
+// Timeout returns an error of class ErrTimeout: something did not happen in
+// the time it was given.
+func Timeout(format string, args ...any) error { return newf(ErrTimeout, format, args...) }

@@ -7,7 +7,9 @@ import (
 )
 
 // TestInitDeps keeps flick-init away from the host side: it may link the
-// standard library, golang.org/x/sys and the wire contract, nothing else.
+// standard library, golang.org/x/sys, the wire contract, the tar helpers and
+// yamux (for its agent mode), nothing else, and no net/http, which would
+// double the size of the initramfs that every boot unpacks.
 func TestInitDeps(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("go command not in PATH")
@@ -19,11 +21,16 @@ func TestInitDeps(t *testing.T) {
 	allowed := map[string]bool{
 		"github.com/flick-vm/flick/cmd/flick-init":      true,
 		"github.com/flick-vm/flick/internal/guest/wire": true,
+		"github.com/flick-vm/flick/internal/tarx":       true,
+		"github.com/hashicorp/yamux":                    true,
 		"golang.org/x/sys/unix":                         true,
 	}
 	for _, pkg := range strings.Fields(string(out)) {
 		first, _, _ := strings.Cut(pkg, "/")
 		std := !strings.Contains(first, ".")
+		if pkg == "net/http" {
+			t.Errorf("flick-init imports net/http")
+		}
 		if std || allowed[pkg] {
 			continue
 		}

@@ -360,6 +360,7 @@ func imageConfig(cf *v1.ConfigFile) api.ImageConfig {
 		WorkingDir: c.WorkingDir,
 		User:       c.User,
 		StopSignal: c.StopSignal,
+		Ready:      c.Labels[api.ReadyLabel],
 	}
 	hasPath := false
 	for _, e := range out.Env {

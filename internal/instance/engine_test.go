@@ -52,6 +52,8 @@ type fakeVM struct {
 	run   fakeGuest
 	done  chan struct{}
 	once  sync.Once
+	// agents receives the guest end of every agent connection.
+	agents chan net.Conn
 }
 
 func (d *fakeDriver) Start(_ context.Context, spec vmm.Spec) (vmm.VM, error) {
@@ -64,7 +66,7 @@ func (d *fakeDriver) Start(_ context.Context, spec vmm.Spec) (vmm.VM, error) {
 		return nil, err
 	}
 	host, guest := net.Pipe()
-	vm := &fakeVM{h: vmm.Handle{Driver: "fake", PID: 1}, cfg: cfg, host: host, guest: guest, run: d.guest, done: make(chan struct{})}
+	vm := &fakeVM{h: vmm.Handle{Driver: "fake", PID: 1}, cfg: cfg, host: host, guest: guest, run: d.guest, done: make(chan struct{}), agents: make(chan net.Conn, 16)}
 	d.mu.Lock()
 	d.vms = append(d.vms, vm)
 	d.mu.Unlock()
@@ -85,12 +87,26 @@ func (v *fakeVM) Resume(context.Context) error {
 	}()
 	return nil
 }
-func (v *fakeVM) DialAgent(context.Context) (net.Conn, error) { return v.host, nil }
-func (v *fakeVM) Shutdown(context.Context) error              { v.exit(); return nil }
-func (v *fakeVM) Kill() error                                 { v.exit(); return nil }
-func (v *fakeVM) Done() <-chan struct{}                       { return v.done }
-func (v *fakeVM) RSS() int64                                  { return 1 << 20 }
-func (v *fakeVM) Close() error                                { return nil }
+func (v *fakeVM) DialControl(context.Context) (net.Conn, error) { return v.host, nil }
+func (v *fakeVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	select {
+	case <-v.done:
+		return nil, errors.New("vmm exited")
+	default:
+	}
+	host, guest := net.Pipe()
+	select {
+	case v.agents <- guest:
+	default:
+		guest.Close()
+	}
+	return host, nil
+}
+func (v *fakeVM) Shutdown(context.Context) error { v.exit(); return nil }
+func (v *fakeVM) Kill() error                    { v.exit(); return nil }
+func (v *fakeVM) Done() <-chan struct{}          { return v.done }
+func (v *fakeVM) RSS() int64                     { return 1 << 20 }
+func (v *fakeVM) Close() error                   { return nil }
 func (v *fakeVM) exit() {
 	v.once.Do(func() {
 		v.guest.Close()

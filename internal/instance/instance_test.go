@@ -45,14 +45,6 @@ func TestGuestArgs(t *testing.T) {
 	}
 }
 
-func TestMergeEnv(t *testing.T) {
-	got := mergeEnv([]string{"PATH=/bin", "A=1"}, []string{"A=2", "B=3"})
-	want := []string{"PATH=/bin", "A=2", "B=3"}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("mergeEnv = %q, want %q", got, want)
-	}
-}
-
 func TestParseSignal(t *testing.T) {
 	tests := []struct {
 		in   string

@@ -297,6 +297,17 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Instan
 			return api.Instance{}, err
 		}
 	}
+	if req.ReadyTimeout < 0 {
+		return api.Instance{}, errdefs.InvalidArgument("invalid --ready-timeout %d: give seconds, 0 for the default", req.ReadyTimeout)
+	}
+	if req.Ready != "" {
+		if req.NoAgent {
+			return api.Instance{}, errdefs.InvalidArgument("--ready needs the guest agent, which --no-agent disables")
+		}
+		if _, err := ParseReady(req.Ready, req.ReadyTimeout); err != nil {
+			return api.Instance{}, err
+		}
+	}
 	img, err := m.cfg.Images.Resolve(ctx, req.Image)
 	if err != nil {
 		if errors.Is(err, errdefs.ErrNotFound) {

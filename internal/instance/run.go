@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/agent"
 	"github.com/flick-vm/flick/internal/errdefs"
 	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/vmm"
@@ -21,9 +23,11 @@ import (
 
 // running is the daemon's side of one live VM.
 type running struct {
-	vm    vmm.VM
-	agent net.Conn
-	wmu   sync.Mutex // serialises frames to the guest
+	vm  vmm.VM
+	ctl net.Conn   // flick-init's channel
+	wmu sync.Mutex // serialises frames to the guest
+	// agent is the guest agent's channel; nil with --no-agent.
+	agent *agent.Client
 
 	hello  chan wire.Hello
 	events chan wire.Event
@@ -55,11 +59,11 @@ func newRunning(vm vmm.VM) *running {
 func (r *running) send(typ byte, payload []byte) error {
 	r.wmu.Lock()
 	defer r.wmu.Unlock()
-	if r.agent == nil {
-		return errdefs.Unavailable("agent channel not connected")
+	if r.ctl == nil {
+		return errdefs.Unavailable("control channel not connected")
 	}
-	_ = r.agent.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	return wire.WriteFrame(r.agent, typ, payload)
+	_ = r.ctl.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	return wire.WriteFrame(r.ctl, typ, payload)
 }
 
 func (r *running) signal(sig syscall.Signal) error {
@@ -77,10 +81,23 @@ func (r *running) detach() {
 	r.mu.Lock()
 	r.detached = true
 	r.mu.Unlock()
+	r.closeChannels()
+	_ = r.vm.Close()
+}
+
+// startAgent connects to the guest agent in the background, for good.
+func (r *running) startAgent(log *slog.Logger) {
+	r.agent = agent.New(r.vm.DialAgent, log)
+	go r.agent.Run(context.Background())
+}
+
+func (r *running) closeChannels() {
+	if r.ctl != nil {
+		r.ctl.Close()
+	}
 	if r.agent != nil {
 		r.agent.Close()
 	}
-	_ = r.vm.Close()
 }
 
 // readFrames runs for the life of the agent connection: output goes to the
@@ -88,7 +105,7 @@ func (r *running) detach() {
 func (m *Manager) readFrames(r *running, logs *logWriter) {
 	defer close(r.readerDone)
 	for {
-		f, err := wire.ReadFrame(r.agent)
+		f, err := wire.ReadFrame(r.ctl)
 		if err != nil {
 			return
 		}
@@ -107,6 +124,13 @@ func (m *Manager) readFrames(r *running, logs *logWriter) {
 		case wire.TypeEvent:
 			var ev wire.Event
 			if json.Unmarshal(f.Payload, &ev) != nil {
+				continue
+			}
+			if ev.Kind == wire.EventAgentExited {
+				m.log.Warn("guest agent died; PID 1 restarts it", "exit_code", ev.ExitCode, "signal", ev.Signal)
+				if r.agent != nil {
+					r.agent.Reset()
+				}
 				continue
 			}
 			select {
@@ -210,11 +234,20 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 	gc := wire.Config{
 		ID: rec.ID, Hostname: rec.Name,
-		Args: args, Env: mergeEnv(img.Config.Env, rec.Config.Env),
+		Args: args, Env: wire.MergeEnv(img.Config.Env, rec.Config.Env),
 		WorkingDir: firstNonEmpty(rec.Config.WorkingDir, img.Config.WorkingDir),
 		User:       firstNonEmpty(rec.Config.User, img.Config.User),
 		RootDevice: "root", RootFSType: fstype, DataDevice: "data",
 		WritableLayer: firstNonEmpty(rec.Config.WritableLayer, wire.LayerDisk),
+		NoAgent:       rec.Config.NoAgent,
+	}
+	var ready *wire.ReadyCheck
+	if spec := firstNonEmpty(rec.Config.Ready, img.Config.Ready); spec != "" && !rec.Config.NoAgent {
+		check, err := ParseReady(spec, rec.Config.ReadyTimeout)
+		if err != nil {
+			return fail(fmt.Errorf("image %s: label %s: %w", rec.Image, api.ReadyLabel, err))
+		}
+		ready = &check
 	}
 	if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 		return fail(err)
@@ -251,9 +284,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	rollback := func(err error) (api.Instance, error) {
 		r.kill()
 		<-vm.Done()
-		if r.agent != nil {
-			r.agent.Close()
-		}
+		r.closeChannels()
 		return fail(fmt.Errorf("%w; console: %s", err, vmm.LastLines(readFileString(consoleLog), 8)))
 	}
 	h := vm.Handle()
@@ -262,11 +293,14 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.rec.Accel = accel
 	m.persistLocked(in)
 	in.mu.Unlock()
-	conn, err := vm.DialAgent(ctx)
+	conn, err := vm.DialControl(ctx)
 	if err != nil {
 		return rollback(err)
 	}
-	r.agent = conn
+	r.ctl = conn
+	if !rec.Config.NoAgent {
+		r.startAgent(m.log.With("vm", rec.ID))
+	}
 	tDialed := time.Now()
 	logs, err := openLog(in.logPath(), in.notify)
 	if err != nil {
@@ -332,7 +366,18 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			return rollback(err)
 		}
 	}
-	mark(api.PhaseApp, t)
+	t = mark(api.PhaseApp, t)
+
+	if ready != nil {
+		rctx, cancel := context.WithTimeout(context.Background(), time.Duration(ready.TimeoutMS)*time.Millisecond+10*time.Second)
+		err := r.agent.Ready(rctx, *ready)
+		cancel()
+		if err != nil {
+			logs.close()
+			return rollback(fmt.Errorf("readiness check %s: %w", firstNonEmpty(rec.Config.Ready, img.Config.Ready), err))
+		}
+		mark(api.PhaseReady, t)
+	}
 
 	now := time.Now().UTC()
 	in.mu.Lock()
@@ -382,14 +427,14 @@ func (m *Manager) monitor(in *inst, r *running, logs *logWriter) {
 
 // finish records the final state of an instance whose VMM has exited.
 func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
-	if r.agent != nil {
+	if r.ctl != nil {
 		// The guest is gone; let the reader drain what it had sent.
 		select {
 		case <-r.readerDone:
 		case <-time.After(time.Second):
 		}
-		r.agent.Close()
 	}
+	r.closeChannels()
 	logs.close()
 	r.mu.Lock()
 	exit, killed := r.exit, r.killed
@@ -467,12 +512,15 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 	}
 	r := newRunning(vm)
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	conn, err := vm.DialAgent(dctx)
+	conn, err := vm.DialControl(dctx)
 	cancel()
 	if err != nil {
-		m.log.Error("reattach agent", "vm", rec.ID, "err", err)
+		m.log.Error("reattach control channel", "vm", rec.ID, "err", err)
 	} else {
-		r.agent = conn
+		r.ctl = conn
+	}
+	if !rec.Config.NoAgent {
+		r.startAgent(m.log.With("vm", rec.ID))
 	}
 	logs, err := openLog(in.logPath(), in.notify)
 	if err != nil {
@@ -480,7 +528,7 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 		return
 	}
 	in.run = r
-	if r.agent != nil {
+	if r.ctl != nil {
 		go m.readFrames(r, logs)
 	} else {
 		close(r.readerDone)
@@ -670,23 +718,4 @@ func guestArgs(img api.ImageConfig, c api.InstanceConfig) ([]string, error) {
 		return nil, errdefs.InvalidArgument("no command to run: the image has no entrypoint or cmd; give one after the image name")
 	}
 	return args, nil
-}
-
-// mergeEnv returns base with each K=V of over replacing base's K.
-func mergeEnv(base, over []string) []string {
-	out := append([]string(nil), base...)
-	for _, kv := range over {
-		k, _, _ := strings.Cut(kv, "=")
-		replaced := false
-		for i, b := range out {
-			if bk, _, _ := strings.Cut(b, "="); bk == k {
-				out[i] = kv
-				replaced = true
-			}
-		}
-		if !replaced {
-			out = append(out, kv)
-		}
-	}
-	return out
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/vmm/qmp"
 )
 
@@ -74,7 +75,7 @@ func NewQEMU(cfg QEMUConfig) (*QEMU, error) {
 
 // Args returns QEMU's command line for spec, without the binary. Every
 // device is on virtio-mmio; there is no firmware, no option ROM and no ACPI.
-func (q *QEMU) Args(spec Spec, qmpSock, agentSock, ramFile string) []string {
+func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 	cpus := max(spec.CPUs, 1)
 	mem := max(spec.MemoryMiB, 16)
 	a := []string{
@@ -107,24 +108,36 @@ func (q *QEMU) Args(spec Spec, qmpSock, agentSock, ramFile string) []string {
 		}
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.Serial))
 	}
+	// Two ports, always, so the device layout does not depend on whether
+	// the instance runs an agent.
 	a = append(a,
-		"-device", "virtio-serial-device,max_ports=2",
-		"-chardev", "socket,id=agent,path="+agentSock+",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=flick.0",
+		"-device", "virtio-serial-device,max_ports=3",
+		"-chardev", "socket,id=control,path="+socks.Control+",server=on,wait=off",
+		"-device", "virtserialport,chardev=control,name="+wire.PortName,
+		"-chardev", "socket,id=agent,path="+socks.Agent+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name="+wire.AgentPortName,
 	)
 	if spec.GuestConfig != "" {
 		a = append(a, "-fw_cfg", "name=opt/flick/config,file="+spec.GuestConfig)
 	}
-	a = append(a, "-qmp", "unix:"+qmpSock+",server=on,wait=off")
+	a = append(a, "-qmp", "unix:"+socks.QMP+",server=on,wait=off")
 	return a
+}
+
+// Sockets are the unix sockets QEMU serves for one VM.
+type Sockets struct {
+	QMP, Control, Agent string
 }
 
 // Start spawns QEMU paused (-S) in its own process group and returns once
 // QMP has answered.
 func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
-	qmpSock := filepath.Join(spec.Dir, "qmp.sock")
-	agentSock := filepath.Join(spec.Dir, "agent.sock")
-	for _, s := range []string{qmpSock, agentSock} {
+	socks := Sockets{
+		QMP:     filepath.Join(spec.Dir, "qmp.sock"),
+		Control: filepath.Join(spec.Dir, "control.sock"),
+		Agent:   filepath.Join(spec.Dir, "agent.sock"),
+	}
+	for _, s := range []string{socks.QMP, socks.Control, socks.Agent} {
 		if len(s) >= 108 {
 			return nil, errdefs.InvalidArgument("socket path %s is longer than a unix socket allows: use a shorter --root", s)
 		}
@@ -137,7 +150,7 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 	}
 	defer console.Close()
 
-	cmd := exec.Command(q.binary, q.Args(spec, qmpSock, agentSock, ramFile)...)
+	cmd := exec.Command(q.binary, q.Args(spec, socks, ramFile)...)
 	cmd.Stdout = console
 	cmd.Stderr = console
 	// Its own process group: a signal to the daemon's terminal does not
@@ -147,7 +160,7 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 		return nil, fmt.Errorf("start qemu: %w", err)
 	}
 	vm := &qemuVM{
-		handle: Handle{Driver: "qemu", PID: cmd.Process.Pid, QMPSocket: qmpSock, AgentSocket: agentSock},
+		handle: Handle{Driver: "qemu", PID: cmd.Process.Pid, QMPSocket: socks.QMP, ControlSocket: socks.Control, AgentSocket: socks.Agent},
 		done:   make(chan struct{}),
 		proc:   cmd.Process,
 	}
@@ -165,7 +178,7 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 		case <-dctx.Done():
 		}
 	}()
-	conn, err := qmp.Dial(dctx, qmpSock)
+	conn, err := qmp.Dial(dctx, socks.QMP)
 	cancel()
 	if err != nil {
 		_ = vm.Kill()
@@ -287,18 +300,26 @@ func (v *qemuVM) Resume(ctx context.Context) error {
 	return err
 }
 
+func (v *qemuVM) DialControl(ctx context.Context) (net.Conn, error) {
+	return v.dial(ctx, "control channel", v.handle.ControlSocket)
+}
+
 func (v *qemuVM) DialAgent(ctx context.Context) (net.Conn, error) {
+	return v.dial(ctx, "agent channel", v.handle.AgentSocket)
+}
+
+func (v *qemuVM) dial(ctx context.Context, what, path string) (net.Conn, error) {
 	var d net.Dialer
 	for {
-		c, err := d.DialContext(ctx, "unix", v.handle.AgentSocket)
+		c, err := d.DialContext(ctx, "unix", path)
 		if err == nil {
 			return c, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("dial agent %s: %w", v.handle.AgentSocket, err)
+			return nil, fmt.Errorf("dial %s %s: %w", what, path, err)
 		case <-v.done:
-			return nil, fmt.Errorf("dial agent: vmm exited")
+			return nil, fmt.Errorf("dial %s: vmm exited", what)
 		case <-time.After(time.Millisecond):
 		}
 	}

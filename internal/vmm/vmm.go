@@ -39,10 +39,13 @@ type Spec struct {
 // Handle is what it takes to find a running VM again after the daemon
 // restarts. It is persisted with the instance.
 type Handle struct {
-	Driver      string `json:"driver"`
-	PID         int    `json:"pid"`
-	QMPSocket   string `json:"qmp_socket"`
-	AgentSocket string `json:"agent_socket"`
+	Driver    string `json:"driver"`
+	PID       int    `json:"pid"`
+	QMPSocket string `json:"qmp_socket"`
+	// ControlSocket reaches flick-init's channel, AgentSocket the guest
+	// agent's.
+	ControlSocket string `json:"control_socket"`
+	AgentSocket   string `json:"agent_socket"`
 	// StartTime is the process's start time in clock ticks since boot, from
 	// /proc/PID/stat, so a reused PID is never mistaken for the VM.
 	StartTime uint64 `json:"start_time"`
@@ -67,7 +70,12 @@ type VM interface {
 	Handle() Handle
 	// Resume starts or continues the vCPUs.
 	Resume(ctx context.Context) error
-	// DialAgent connects to the guest agent channel.
+	// DialControl connects to flick-init's channel: the boot sequence, the
+	// app's output and its exit.
+	DialControl(ctx context.Context) (net.Conn, error)
+	// DialAgent connects to the guest agent's channel. The transport is
+	// the driver's: a virtio-serial port here, AF_VSOCK where the host has
+	// vhost-vsock.
 	DialAgent(ctx context.Context) (net.Conn, error)
 	// Shutdown asks the VMM to quit at once; the guest gets no say.
 	Shutdown(ctx context.Context) error

@@ -43,7 +43,7 @@ func TestArgs(t *testing.T) {
 		CPUs: 2, MemoryMiB: 256, Accel: "tcg", ConsoleLog: "/i/console.log", GuestConfig: "/r/config.json",
 		Disks: []Disk{{Path: "/d/root.erofs", Serial: "root", ReadOnly: true}, {Path: "/i/data.ext4", Serial: "data"}},
 	}
-	args := strings.Join(q.Args(spec, "/r/qmp.sock", "/r/agent.sock", "/dev/shm/flick/abc.ram"), " ")
+	args := strings.Join(q.Args(spec, Sockets{QMP: "/r/qmp.sock", Control: "/r/control.sock", Agent: "/r/agent.sock"}, "/dev/shm/flick/abc.ram"), " ")
 	for _, want := range []string{
 		"-M microvm,acpi=off,x-option-roms=off",
 		"-no-reboot -S",
@@ -52,7 +52,8 @@ func TestArgs(t *testing.T) {
 		"-kernel /k/vmlinux", "-initrd /k/initrd", "-append console=ttyS0 quiet",
 		"file=/d/root.erofs,format=raw,if=none,readonly=on", "virtio-blk-device,drive=disk0,serial=root",
 		"file=/i/data.ext4,format=raw,if=none -device virtio-blk-device,drive=disk1,serial=data",
-		"virtserialport,chardev=agent,name=flick.0",
+		"socket,id=control,path=/r/control.sock,server=on,wait=off -device virtserialport,chardev=control,name=flick.0",
+		"socket,id=agent,path=/r/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=flick.agent",
 		"-fw_cfg name=opt/flick/config,file=/r/config.json",
 		"-qmp unix:/r/qmp.sock,server=on,wait=off",
 	} {
@@ -61,7 +62,7 @@ func TestArgs(t *testing.T) {
 		}
 	}
 	spec.Accel = "kvm"
-	if args := strings.Join(q.Args(spec, "q", "a", "r"), " "); !strings.Contains(args, "-cpu host") {
+	if args := strings.Join(q.Args(spec, Sockets{QMP: "q", Control: "c", Agent: "a"}, "r"), " "); !strings.Contains(args, "-cpu host") {
 		t.Errorf("kvm args lack -cpu host: %s", args)
 	}
 }

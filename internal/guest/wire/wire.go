@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 )
 
@@ -56,6 +57,10 @@ type Config struct {
 	// the guest, gone when the VM ends; the data disk is not mounted).
 	// Empty means disk.
 	WritableLayer string `json:"writable_layer,omitempty"`
+
+	// NoAgent keeps the guest agent from starting: execs and copies are
+	// refused by the host, and readiness is the app's process starting.
+	NoAgent bool `json:"no_agent,omitempty"`
 }
 
 // Frame types. Guest to host: Hello, Stdout, Stderr, Event. Host to guest:
@@ -89,6 +94,9 @@ const (
 	EventStarted = "started" // the app's execve succeeded
 	EventExited  = "exited"  // the app is gone; the guest powers off after the Ack
 	EventFailed  = "failed"  // flick-init could not set up or start the app; Message says why
+	// EventAgentExited says the guest agent died; PID 1 starts a new one,
+	// which the host must handshake with again.
+	EventAgentExited = "agent_exited"
 )
 
 // Event reports progress of the app's life. After "exited" or "failed"
@@ -155,4 +163,24 @@ func ReadFrame(r io.Reader) (Frame, error) {
 		return Frame{}, err
 	}
 	return f, nil
+}
+
+// MergeEnv returns base with each K=V of over replacing base's K, or added
+// at the end when base has no K.
+func MergeEnv(base, over []string) []string {
+	out := append([]string(nil), base...)
+	for _, kv := range over {
+		k, _, _ := strings.Cut(kv, "=")
+		replaced := false
+		for i, b := range out {
+			if bk, _, _ := strings.Cut(b, "="); bk == k {
+				out[i] = kv
+				replaced = true
+			}
+		}
+		if !replaced {
+			out = append(out, kv)
+		}
+	}
+	return out
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"reflect"
 	"testing"
 )
 
@@ -87,4 +88,12 @@ func FuzzReadFrame(f *testing.F) {
 			t.Fatalf("frames read do not write back to the input's prefix")
 		}
 	})
+}
+
+func TestMergeEnv(t *testing.T) {
+	got := MergeEnv([]string{"PATH=/bin", "A=1"}, []string{"A=2", "B=3"})
+	want := []string{"PATH=/bin", "A=2", "B=3"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("MergeEnv = %q, want %q", got, want)
+	}
 }

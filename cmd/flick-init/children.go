@@ -1,0 +1,55 @@
+package main
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// children reaps every child of PID 1, orphans included, and hands the
+// exit status of the ones it was asked about to their waiters. Fork a child
+// while holding mu and register it with watchLocked before unlocking: the
+// reaper takes mu before it looks for a waiter, so a child that exits at
+// once is not missed.
+type children struct {
+	mu      sync.Mutex
+	waiters map[int]chan unix.WaitStatus
+	once    sync.Once
+}
+
+var kids = &children{waiters: map[int]chan unix.WaitStatus{}}
+
+// watchLocked returns a channel that receives pid's exit status.
+func (c *children) watchLocked(pid int) <-chan unix.WaitStatus {
+	ch := make(chan unix.WaitStatus, 1)
+	c.waiters[pid] = ch
+	c.once.Do(func() { go c.reap() })
+	return ch
+}
+
+func (c *children) reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.ECHILD):
+			// Nothing to reap until the next fork.
+			time.Sleep(50 * time.Millisecond)
+			continue
+		case err != nil:
+			logf("wait: %v", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		c.mu.Lock()
+		if ch, ok := c.waiters[pid]; ok {
+			delete(c.waiters, pid)
+			ch <- ws
+		}
+		c.mu.Unlock()
+	}
+}
