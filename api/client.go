@@ -30,6 +30,9 @@ func (e *Error) Error() string { return e.Message }
 // IsNotFound reports whether err is a 404 answer of the daemon.
 func IsNotFound(err error) bool { return statusOf(err) == http.StatusNotFound }
 
+// IsUnavailable reports whether err is a 503 answer of the daemon.
+func IsUnavailable(err error) bool { return statusOf(err) == http.StatusServiceUnavailable }
+
 // IsConflict reports whether err is a 409 answer of the daemon.
 func IsConflict(err error) bool { return statusOf(err) == http.StatusConflict }
 

@@ -15,7 +15,7 @@ import (
 // Extra rows of the bench table besides the boot phases.
 const (
 	benchTotal    = "total"    // boot_ms
-	benchOverhead = "overhead" // boot_ms - vmm - kernel - init - app: flick's own cost
+	benchOverhead = "overhead" // boot_ms - vmm - kernel - init - app - ready: flick's own cost
 )
 
 // stats summarises samples in milliseconds.
@@ -57,11 +57,19 @@ type benchResult struct {
 func (a *app) benchCommand() *cobra.Command {
 	var f createFlags
 	var n int
-	var asJSON bool
+	var asJSON, agent bool
+	var execCmd []string
+	var cpSize string
 	cmd := &cobra.Command{
 		Use:   "bench IMAGE [OPTIONS] [-- CMD...]",
-		Short: "Measure cold boots: create, start and remove an instance n times",
-		Args:  cobra.MinimumNArgs(1),
+		Short: "Measure cold boots, or with --agent the guest agent",
+		Long: `Measure cold boots: create, start and remove an instance n times, and
+print min/p50/p90/max of every boot phase.
+
+With --agent, boot one instance instead (give it a command that keeps it
+running, after --), time n round trips of an exec of --exec-cmd through the
+API, then copy a file of --cp-size in and out, and remove the instance.`,
+		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if n < 1 {
 				return fmt.Errorf("invalid -n %d: want 1 or more boots", n)
@@ -69,6 +77,18 @@ func (a *app) benchCommand() *cobra.Command {
 			req, err := f.request(args[0], args[1:])
 			if err != nil {
 				return err
+			}
+			if agent {
+				size, err := parseMemory(cpSize)
+				if err != nil {
+					return fmt.Errorf("--cp-size: %w", err)
+				}
+				f.defaultLayer(&req, true)
+				c, err := a.client()
+				if err != nil {
+					return err
+				}
+				return a.benchAgent(c, req, n, execCmd, int64(size)<<20, asJSON)
 			}
 			// Bench instances are thrown away like run --rm ones, and
 			// get the same default writable layer; --layer disk measures
@@ -110,8 +130,11 @@ func (a *app) benchCommand() *cobra.Command {
 	// Flags may follow the image (flick bench IMAGE -n 20 --json); a
 	// command to run instead of the image's goes after "--".
 	f.register(cmd.Flags(), false)
-	cmd.Flags().IntVarP(&n, "count", "n", 20, "number of cold boots")
+	cmd.Flags().IntVarP(&n, "count", "n", 20, "number of cold boots (of execs with --agent)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&agent, "agent", false, "measure exec round trips and cp throughput of one instance instead of cold boots")
+	cmd.Flags().StringArrayVar(&execCmd, "exec-cmd", []string{"true"}, "with --agent, the command to exec (repeat for arguments)")
+	cmd.Flags().StringVar(&cpSize, "cp-size", "100M", "with --agent, the size of the file copied in and out")
 	return cmd
 }
 
@@ -163,7 +186,7 @@ func (a *app) bench(c *api.Client, req api.CreateRequest, n int) (benchResult, e
 		samples[benchTotal] = append(samples[benchTotal], started.BootMS)
 		p := started.Phases
 		samples[benchOverhead] = append(samples[benchOverhead],
-			started.BootMS-p[api.PhaseVMM]-p[api.PhaseKernel]-p[api.PhaseInit]-p[api.PhaseApp])
+			started.BootMS-p[api.PhaseVMM]-p[api.PhaseKernel]-p[api.PhaseInit]-p[api.PhaseApp]-p[api.PhaseReady])
 		if progress {
 			fmt.Fprintf(a.stderr, "\rboot %d/%d: %s ms ", i+1, n, ms(started.BootMS))
 		}

@@ -38,7 +38,14 @@ type QEMUConfig struct {
 // kernel reached /init 25-55 ms sooner in interleaved verbose boots (mean
 // 0.320 vs 0.374 s over 8, 0.343 vs 0.368 s over 6), and flick bench -n 12
 // gave p50 628/679 ms against 638/698 ms; flickd --tcg-cpu picks one.
-const DefaultTCGCPU = "max"
+//
+// ERMS and FSRM are taken away: with them the guest kernel's copies to and
+// from user space, and Go's memmove, use REP MOVSB, which TCG runs one byte
+// per iteration. Without them flick cp of 100 MiB went from 32.8 to 74.8
+// MiB/s in and from 11.2 to 104.8 MiB/s out; cold boots did not change
+// beyond the host's drift (bench -n 10 p50, in A/B order 576 vs 628 and
+// 670 vs 720 ms, in B/A order 718 vs 751 and 744 vs 757 ms).
+const DefaultTCGCPU = "max,erms=off,fsrm=off"
 
 // QEMU drives qemu-system-x86_64 with the microvm machine.
 type QEMU struct {

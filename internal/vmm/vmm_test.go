@@ -47,7 +47,7 @@ func TestArgs(t *testing.T) {
 	for _, want := range []string{
 		"-M microvm,acpi=off,x-option-roms=off",
 		"-no-reboot -S",
-		"-accel tcg", "-cpu max", "-smp 2", "-m 256M",
+		"-accel tcg", "-cpu max,erms=off,fsrm=off", "-smp 2", "-m 256M",
 		"memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/flick/abc.ram,share=on",
 		"-kernel /k/vmlinux", "-initrd /k/initrd", "-append console=ttyS0 quiet",
 		"file=/d/root.erofs,format=raw,if=none,readonly=on", "virtio-blk-device,drive=disk0,serial=root",
