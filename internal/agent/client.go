@@ -295,7 +295,25 @@ func (c *Client) ArchiveGet(ctx context.Context, path string) (wire.PathStat, io
 	if res.Stat != nil {
 		s = *res.Stat
 	}
-	return s, st, nil
+	return s, idle{st}, nil
+}
+
+// IdleTimeout bounds how long a copy may wait for the guest to send or to
+// take the next bytes: a guest that stops reading or writing fails the copy
+// instead of holding it forever.
+const IdleTimeout = 30 * time.Second
+
+// idle renews the stream's deadline before every read and write.
+type idle struct{ net.Conn }
+
+func (c idle) Read(p []byte) (int, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(IdleTimeout))
+	return c.Conn.Read(p)
+}
+
+func (c idle) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(IdleTimeout))
+	return c.Conn.Write(p)
 }
 
 // ArchivePut extracts the tar stream r into the directory path in the
@@ -313,11 +331,14 @@ func (c *Client) ArchivePut(ctx context.Context, path string, r io.Reader) error
 	// stream's end.
 	stop := context.AfterFunc(ctx, func() { st.Close() })
 	defer stop()
-	_, copyErr := io.Copy(st, r)
+	_, copyErr := io.Copy(idle{st}, r)
 	// A yamux stream closes half-way: the agent reads the end of the tar
 	// stream and the answer can still be read.
 	_ = st.Close()
-	res, err := readResult(context.Background(), st)
+	// Extraction of what is buffered may still take a while.
+	rctx, cancel := context.WithTimeout(context.Background(), IdleTimeout)
+	defer cancel()
+	res, err := readResult(rctx, st)
 	if err != nil {
 		if copyErr != nil {
 			return fmt.Errorf("copy: %w", copyErr)
