@@ -345,6 +345,10 @@ func TestDaemonRestart(t *testing.T) {
 	if after, _ := e.inspect("sleeper"); after.PID != before.PID {
 		t.Errorf("after a daemon restart the pid is %d, want the adopted %d", after.PID, before.PID)
 	}
+	// The guest agent handshakes with the new daemon.
+	if r := e.must("exec", "sleeper", "echo", "adopted"); r.stdout != "adopted\n" {
+		t.Errorf("exec after a daemon restart: %q", r.stdout)
+	}
 	e.must("stop", "-t", "5", "sleeper")
 	waitFor(t, 10*time.Second, "the adopted QEMU still runs after stop", func() bool { return !alive(before.PID) })
 	if st := e.ps(true)["sleeper"].State; st != api.StateExited {
