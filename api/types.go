@@ -26,6 +26,17 @@ const (
 	// PhaseReady is the app's process running until its readiness check
 	// passes; recorded only for instances that have one.
 	PhaseReady = "ready"
+	// PhaseSnapshot is saving the image's boot snapshot, on the boot that
+	// takes it; PhaseRestore is loading it, on the starts that use it
+	// (they have no kernel phase).
+	PhaseSnapshot = "snapshot"
+	PhaseRestore  = "restore"
+)
+
+// Start modes: how an instance's VM came up.
+const (
+	StartCold     = "cold"     // booted the kernel
+	StartSnapshot = "snapshot" // restored the image's boot snapshot
 )
 
 // Phases lists the boot phases that every start records, in order;
@@ -50,6 +61,8 @@ type Instance struct {
 
 	Config InstanceConfig `json:"config"`
 
+	// StartMode is how the last start brought the VM up: cold or snapshot.
+	StartMode string `json:"start_mode,omitempty"`
 	// BootMS is the wall time of the last start, from the start request to
 	// the app running; Phases splits it.
 	BootMS float64            `json:"boot_ms"`
@@ -89,6 +102,9 @@ type InstanceConfig struct {
 	Ready string `json:"ready,omitempty"`
 	// ReadyTimeout is how long the check may take, in seconds (default 60).
 	ReadyTimeout int `json:"ready_timeout,omitempty"`
+	// ColdBoot always boots the kernel: no boot snapshot is restored or
+	// taken for this instance.
+	ColdBoot bool `json:"cold_boot,omitempty"`
 }
 
 // CreateRequest is the body of POST /v1/instances.
@@ -151,8 +167,11 @@ type Image struct {
 	Size    int64     `json:"size"`   // sum of compressed layer sizes
 	Created time.Time `json:"created"`
 	// DiskSize is the size of the built root disk, 0 until first run.
-	DiskSize int64       `json:"disk_size"`
-	Config   ImageConfig `json:"config"`
+	DiskSize int64 `json:"disk_size"`
+	// SnapshotSize is the disk space of the image's boot snapshots (the
+	// blocks their files use), 0 until its first start.
+	SnapshotSize int64       `json:"snapshot_size"`
+	Config       ImageConfig `json:"config"`
 }
 
 // ImageConfig is the part of the OCI image config that flick honours.

@@ -119,6 +119,17 @@ func (p *port) readLoop(signal func(int)) {
 			case p.acks <- struct{}{}:
 			default:
 			}
+		case wire.TypeConfig:
+			var cfg wire.Config
+			if err := json.Unmarshal(f.Payload, &cfg); err != nil {
+				logf("config frame: %v", err)
+				continue
+			}
+			select {
+			case hostConfig <- cfg:
+			default:
+				logf("a second config frame; ignored")
+			}
 		}
 	}
 }

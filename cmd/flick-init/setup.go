@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/flick-vm/flick/internal/guest/wire"
 	"golang.org/x/sys/unix"
@@ -41,17 +43,70 @@ func readConfig() (wire.Config, error) {
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
+	if cfg.AwaitConfig {
+		// A boot to snapshot: the real config comes over the channel,
+		// after the host has saved the VM.
+		cfg = <-hostConfig
+		applyHostState(cfg)
+	}
+	return cfg, checkConfig(cfg)
+}
+
+// hostConfig receives the Config of a TypeConfig frame.
+var hostConfig = make(chan wire.Config, 1)
+
+// applyHostState sets the clock and reseeds the RNG from a Config sent to a
+// guest that may be a restored snapshot: both would otherwise be the
+// snapshot's.
+func applyHostState(cfg wire.Config) {
+	if cfg.TimeNS > 0 {
+		ts := unix.NsecToTimespec(cfg.TimeNS)
+		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
+			logf("set clock: %v", err)
+		}
+	}
+	if len(cfg.Seed) > 0 {
+		if err := reseed(cfg.Seed); err != nil {
+			logf("reseed: %v", err)
+		}
+	}
+}
+
+// reseed credits seed to the kernel's entropy pool and forces the CRNG to
+// reseed from it.
+func reseed(seed []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	b := make([]byte, 8+len(seed))
+	binary.NativeEndian.PutUint32(b[0:], uint32(8*len(seed)))
+	binary.NativeEndian.PutUint32(b[4:], uint32(len(seed)))
+	copy(b[8:], seed)
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&b[0]))); e != 0 {
+		return fmt.Errorf("RNDADDENTROPY: %w", e)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); e != 0 {
+		return fmt.Errorf("RNDRESEEDCRNG: %w", e)
+	}
+	return nil
+}
+
+// checkConfig validates the config flick-init is to run.
+func checkConfig(cfg wire.Config) error {
 	switch {
 	case len(cfg.Args) == 0:
-		return cfg, errors.New("config: no args")
+		return errors.New("config: no args")
 	case cfg.WritableLayer != "" && cfg.WritableLayer != wire.LayerDisk && cfg.WritableLayer != wire.LayerMemory:
-		return cfg, fmt.Errorf("config: writable_layer %q is neither disk nor memory", cfg.WritableLayer)
+		return fmt.Errorf("config: writable_layer %q is neither disk nor memory", cfg.WritableLayer)
 	case cfg.RootDevice == "" || cfg.DataDevice == "":
-		return cfg, errors.New("config: root_device and data_device are required")
+		return errors.New("config: root_device and data_device are required")
 	case cfg.RootFSType != "erofs" && cfg.RootFSType != "ext4":
-		return cfg, fmt.Errorf("config: root_fstype %q is neither erofs nor ext4", cfg.RootFSType)
+		return fmt.Errorf("config: root_fstype %q is neither erofs nor ext4", cfg.RootFSType)
 	}
-	return cfg, nil
+	return nil
 }
 
 // findDisks maps virtio-blk serial numbers to /dev paths, waiting until all

@@ -27,6 +27,7 @@ func main() {
 	flag.StringVar(&cfg.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
 	flag.StringVar(&cfg.TCGCPU, "tcg-cpu", vmm.DefaultTCGCPU, "QEMU CPU model for guests under TCG (e.g. max for every feature QEMU emulates)")
 	flag.DurationVar(&cfg.BootTimeout, "boot-timeout", 30*time.Second, "how long a guest may take to start its app")
+	flag.BoolVar(&cfg.NoSnapshots, "no-snapshots", false, "boot every instance cold: take and restore no boot snapshots")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()

@@ -50,6 +50,7 @@ type benchResult struct {
 	Image    string           `json:"image"`
 	Accel    string           `json:"accel"`
 	Layer    string           `json:"writable_layer"`
+	Warm     bool             `json:"warm"`
 	Phases   map[string]stats `json:"phases"`
 	RSSBytes int64            `json:"rss_bytes"`
 }
@@ -57,14 +58,15 @@ type benchResult struct {
 func (a *app) benchCommand() *cobra.Command {
 	var f createFlags
 	var n int
-	var asJSON, agent bool
+	var asJSON, agent, warm bool
 	var execCmd []string
 	var cpSize string
 	cmd := &cobra.Command{
 		Use:   "bench IMAGE [OPTIONS] [-- CMD...]",
 		Short: "Measure cold boots, or with --agent the guest agent",
 		Long: `Measure cold boots: create, start and remove an instance n times, and
-print min/p50/p90/max of every boot phase.
+print min/p50/p90/max of every boot phase. With --warm, measure starts from
+the image's boot snapshot instead, after one start that makes sure it exists.
 
 With --agent, boot one instance instead (give it a command that keeps it
 running, after --), time n round trips of an exec of --exec-cmd through the
@@ -94,9 +96,16 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 			// get the same default writable layer; --layer disk measures
 			// the other.
 			f.defaultLayer(&req, true)
+			req.ColdBoot = !warm
 			c, err := a.client()
 			if err != nil {
 				return err
+			}
+			if warm {
+				// The first start of an image takes its snapshot.
+				if _, err := a.bench(c, req, 1); err != nil {
+					return err
+				}
 			}
 			res, err := a.bench(c, req, n)
 			if err != nil {
@@ -105,7 +114,11 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 			if asJSON {
 				return printJSON(a.stdout, res)
 			}
-			fmt.Fprintf(a.stdout, "%d cold boots of %s (writable layer: %s)\n\n", res.N, res.Image, res.Layer)
+			kind := "cold boots"
+			if warm {
+				kind = "starts from the boot snapshot"
+			}
+			fmt.Fprintf(a.stdout, "%d %s of %s (writable layer: %s)\n\n", res.N, kind, res.Image, res.Layer)
 			tw := tabwriter.NewWriter(a.stdout, 0, 8, 2, ' ', 0)
 			fmt.Fprintf(tw, "PHASE\t%8s\t%8s\t%8s\t%8s\n", "MIN", "P50", "P90", "MAX")
 			var names []string
@@ -132,6 +145,7 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 	f.register(cmd.Flags(), false)
 	cmd.Flags().IntVarP(&n, "count", "n", 20, "number of cold boots (of execs with --agent)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVar(&warm, "warm", false, "measure starts from the image's boot snapshot instead of cold boots")
 	cmd.Flags().BoolVar(&agent, "agent", false, "measure exec round trips and cp throughput of one instance instead of cold boots")
 	cmd.Flags().StringArrayVar(&execCmd, "exec-cmd", []string{"true"}, "with --agent, the command to exec (repeat for arguments)")
 	cmd.Flags().StringVar(&cpSize, "cp-size", "100M", "with --agent, the size of the file copied in and out")
@@ -149,7 +163,7 @@ func orderPhases(names []string) []string {
 
 // bench boots req n times and collects the phase timings.
 func (a *app) bench(c *api.Client, req api.CreateRequest, n int) (benchResult, error) {
-	res := benchResult{N: n, Image: req.Image, Layer: req.WritableLayer}
+	res := benchResult{N: n, Image: req.Image, Layer: req.WritableLayer, Warm: !req.ColdBoot}
 	samples := map[string][]float64{}
 	progress := isTerminal(a.stderr)
 	for i := range n {
@@ -186,7 +200,7 @@ func (a *app) bench(c *api.Client, req api.CreateRequest, n int) (benchResult, e
 		samples[benchTotal] = append(samples[benchTotal], started.BootMS)
 		p := started.Phases
 		samples[benchOverhead] = append(samples[benchOverhead],
-			started.BootMS-p[api.PhaseVMM]-p[api.PhaseKernel]-p[api.PhaseInit]-p[api.PhaseApp]-p[api.PhaseReady])
+			started.BootMS-p[api.PhaseVMM]-p[api.PhaseRestore]-p[api.PhaseKernel]-p[api.PhaseSnapshot]-p[api.PhaseInit]-p[api.PhaseApp]-p[api.PhaseReady])
 		if progress {
 			fmt.Fprintf(a.stderr, "\rboot %d/%d: %s ms ", i+1, n, ms(started.BootMS))
 		}

@@ -196,7 +196,7 @@ func (a *app) imagesCommand() *cobra.Command {
 			}
 			now := time.Now()
 			tw := tabwriter.NewWriter(a.stdout, 0, 8, 3, ' ', 0)
-			fmt.Fprintln(tw, "REPOSITORY\tTAG\tDIGEST\tCREATED\tSIZE")
+			fmt.Fprintln(tw, "REPOSITORY\tTAG\tDIGEST\tCREATED\tSIZE\tSNAPSHOT")
 			for _, img := range imgs {
 				names := img.Names
 				if len(names) == 0 {
@@ -204,7 +204,11 @@ func (a *app) imagesCommand() *cobra.Command {
 				}
 				for _, n := range names {
 					repo, tag := splitRef(n)
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", repo, tag, shortDigest(img.Digest), ago(now, img.Created), humanSize(img.Size))
+					snap := "-"
+					if img.SnapshotSize > 0 {
+						snap = humanSize(img.SnapshotSize)
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", repo, tag, shortDigest(img.Digest), ago(now, img.Created), humanSize(img.Size), snap)
 				}
 			}
 			return tw.Flush()

@@ -38,6 +38,7 @@ type createFlags struct {
 	noAgent     bool
 	ready       string
 	readyTime   int
+	cold        bool
 	fs          *pflag.FlagSet
 }
 
@@ -61,6 +62,7 @@ func (f *createFlags) register(fs *pflag.FlagSet, withName bool) {
 	fs.BoolVar(&f.noAgent, "no-agent", false, "run no guest agent: no exec or cp, and the instance is running once its app has started")
 	fs.StringVar(&f.ready, "ready", "", "readiness check run in the guest: tcp:PORT or http://:PORT/PATH; the instance is running only once it passes (default the image's label flick.ready)")
 	fs.IntVar(&f.readyTime, "ready-timeout", 0, "seconds the readiness check may take (default 60)")
+	fs.BoolVar(&f.cold, "cold", false, "boot the kernel: neither restore nor take the image's boot snapshot")
 }
 
 // request builds the create request for image and cmd.
@@ -131,6 +133,7 @@ func (f *createFlags) request(image string, cmd []string) (api.CreateRequest, er
 		return req, fmt.Errorf("invalid --ready-timeout %d: want seconds", f.readyTime)
 	}
 	cfg.ReadyTimeout = f.readyTime
+	cfg.ColdBoot = f.cold
 	return req, nil
 }
 

@@ -29,6 +29,8 @@ type RunConfig struct {
 	QEMU        string
 	TCGCPU      string // QEMU CPU model under TCG
 	BootTimeout time.Duration
+	// NoSnapshots turns boot snapshots off: every start boots cold.
+	NoSnapshots bool
 	Logger      *slog.Logger
 }
 
@@ -63,11 +65,14 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return err
 	}
+	qv := qemuVersion(cfg.QEMU)
 	mgr, err := instance.New(ctx, instance.Config{
 		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log,
 		Kernel: cfg.Kernel, Initrd: initrd,
 		Cmdline:     func(string) string { return guest.KernelCmdline(guest.CmdlineOptions{}) },
 		BootTimeout: cfg.BootTimeout,
+		Snapshots:   !cfg.NoSnapshots,
+		SnapshotTag: qv + " " + cfg.TCGCPU,
 	})
 	if err != nil {
 		return err
@@ -83,7 +88,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	srv := &http.Server{Handler: New(Config{
-		Images: images, Instances: mgr, Logger: log, TmpDir: tmp, QEMUVersion: qemuVersion(cfg.QEMU),
+		Images: images, Instances: mgr, Logger: log, TmpDir: tmp, QEMUVersion: qv,
 	}), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

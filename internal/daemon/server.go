@@ -199,6 +199,10 @@ func (s *Server) imageList(w http.ResponseWriter, r *http.Request) {
 	if imgs == nil {
 		imgs = []api.Image{}
 	}
+	sizes := s.instances.SnapshotSizes()
+	for i := range imgs {
+		imgs[i].SnapshotSize = sizes[imgs[i].Digest]
+	}
 	writeJSON(w, http.StatusOK, imgs)
 }
 
@@ -208,6 +212,7 @@ func (s *Server) imageInspect(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
+	img.SnapshotSize = s.instances.SnapshotSizes()[img.Digest]
 	writeJSON(w, http.StatusOK, img)
 }
 
@@ -218,10 +223,10 @@ func (s *Server) imageRemove(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ref := r.PathValue("ref")
-	var user string
-	inUse := func(digest string) bool {
-		name, used := s.instances.InUse(digest, force)
-		user = name
+	var user, digest string
+	inUse := func(d string) bool {
+		name, used := s.instances.InUse(d, force)
+		user, digest = name, d
 		return used
 	}
 	if err := s.images.Remove(r.Context(), ref, inUse); err != nil {
@@ -230,6 +235,12 @@ func (s *Server) imageRemove(w http.ResponseWriter, r *http.Request) {
 		}
 		writeError(w, err)
 		return
+	}
+	if digest != "" {
+		if _, err := s.images.Resolve(r.Context(), digest); errors.Is(err, errdefs.ErrNotFound) {
+			// The image is gone, not only one of its names.
+			s.instances.RemoveImageSnapshots(digest)
+		}
 	}
 	w.WriteHeader(http.StatusNoContent)
 }

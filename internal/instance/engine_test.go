@@ -88,6 +88,9 @@ func (v *fakeVM) Resume(context.Context) error {
 	return nil
 }
 func (v *fakeVM) DialControl(context.Context) (net.Conn, error) { return v.host, nil }
+func (v *fakeVM) SaveSnapshot(context.Context, vmm.Snapshot) error {
+	return errors.New("fake VMs cannot be snapshotted")
+}
 func (v *fakeVM) DialAgent(ctx context.Context) (net.Conn, error) {
 	select {
 	case <-v.done:

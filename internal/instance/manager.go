@@ -50,6 +50,12 @@ type Config struct {
 	// Cmdline returns the guest kernel command line for an accelerator.
 	Cmdline func(accel string) string
 
+	// Snapshots turns boot snapshots on: the first start of an image
+	// saves one and later starts restore it. SnapshotTag names the VMM
+	// build and CPU model, which a snapshot is only good for.
+	Snapshots   bool
+	SnapshotTag string
+
 	BootTimeout   time.Duration // default 30 s
 	DataSizeMiB   int           // size of each writable layer, default 2048
 	DefaultMemMiB int           // default 128
@@ -140,6 +146,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{})}
+	m.cleanSnapshots()
 	var recs []record
 	err = cfg.DB.View(func(tx *store.Tx) error {
 		return tx.ForEach(bucket, func(_ string, raw []byte) error {

@@ -2,6 +2,7 @@ package instance
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -252,121 +253,94 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 		return fail(err)
 	}
-	cfgPath := filepath.Join(rec.RunDir, "config.json")
-	b, _ := json.Marshal(gc)
-	if err := os.WriteFile(cfgPath, b, 0o600); err != nil {
-		return fail(err)
-	}
-	t = mark(api.PhaseDisk, t)
-
-	// Phase vmm: the VMM process, paused, with QMP answering.
 	accel := vmm.PickAccel(rec.Config.Accel)
 	kernel := firstNonEmpty(rec.Config.Kernel, m.cfg.Kernel)
 	if _, err := os.Stat(kernel); err != nil {
 		return fail(errdefs.Unavailable("guest kernel %s not found: build it with make kernel, or give flickd --kernel", kernel))
 	}
-	consoleLog := in.consolePath()
-	_ = os.Truncate(consoleLog, 0)
-	vm, err := m.cfg.Driver.Start(ctx, vmm.Spec{
-		ID: rec.ID, Dir: rec.RunDir, Kernel: kernel, Initrd: m.cfg.Initrd, Cmdline: m.cfg.Cmdline(accel),
-		CPUs: rec.Config.CPUs, MemoryMiB: rec.Config.MemoryMiB, Accel: accel,
-		Disks: []vmm.Disk{
-			{Path: rootDisk, Serial: "root", ReadOnly: true},
-			{Path: dataDisk, Serial: "data"},
+	cmdline := m.cfg.Cmdline(accel)
+	// A boot snapshot of this image to restore, or one to take on this
+	// boot.
+	var restore *bootSnapshot
+	snapKey := ""
+	if m.cfg.Snapshots && !rec.Config.ColdBoot {
+		if k, err := m.snapKey(kernel, img.Digest, rec.Config.MemoryMiB, rec.Config.CPUs, accel, cmdline); err == nil {
+			snapKey = k
+			restore, _ = m.lookupSnapshot(k)
+		}
+	}
+	cfgPath := filepath.Join(rec.RunDir, "config.json")
+	writeConfig := func(c wire.Config) error {
+		b, _ := json.Marshal(c)
+		return os.WriteFile(cfgPath, b, 0o600)
+	}
+	t = mark(api.PhaseDisk, t)
+
+	b := bootPlan{
+		spec: vmm.Spec{
+			ID: rec.ID, Dir: rec.RunDir, Kernel: kernel, Initrd: m.cfg.Initrd, Cmdline: cmdline,
+			CPUs: rec.Config.CPUs, MemoryMiB: rec.Config.MemoryMiB, Accel: accel,
+			Disks: []vmm.Disk{
+				{Path: rootDisk, Serial: "root", ReadOnly: true},
+				{Path: dataDisk, Serial: "data"},
+			},
+			GuestConfig: cfgPath, ConsoleLog: in.consolePath(),
 		},
-		GuestConfig: cfgPath, ConsoleLog: consoleLog,
-	})
-	if err != nil {
+		config: gc,
+		digest: img.Digest,
+	}
+	var r *running
+	var logs *logWriter
+	for {
+		b.restore, b.snapKey = restore, ""
+		switch {
+		case restore != nil:
+			b.spec.GuestConfig = restore.boot
+			b.spec.Restore = &restore.snap
+		case snapKey != "":
+			// The first boot of this image: it waits for its config, so
+			// that the daemon can save it first.
+			b.snapKey = snapKey
+			b.spec.GuestConfig = cfgPath
+			b.spec.Restore = nil
+			boot := wire.Config{
+				AwaitConfig: true, RootDevice: gc.RootDevice, RootFSType: gc.RootFSType, DataDevice: gc.DataDevice,
+			}
+			if err := writeConfig(boot); err != nil {
+				return fail(err)
+			}
+		default:
+			b.spec.GuestConfig = cfgPath
+			b.spec.Restore = nil
+			if err := writeConfig(gc); err != nil {
+				return fail(err)
+			}
+		}
+		var err error
+		r, logs, t, err = m.boot(ctx, in, b, t, mark)
+		if err == nil {
+			break
+		}
+		if restore != nil && ctx.Err() == nil && !errors.Is(err, errGuestFailed) {
+			// A snapshot that does not come back is not used again;
+			// this start boots cold and takes a new one.
+			m.discardSnapshot(restore, err)
+			restore = nil
+			for _, p := range []string{api.PhaseVMM, api.PhaseRestore, api.PhaseInit, api.PhaseApp} {
+				delete(phases, p)
+			}
+			continue
+		}
 		return fail(err)
 	}
-	tSpawned := time.Now()
-	r := newRunning(vm)
+	vm := r.vm
+	consoleLog := in.consolePath()
 	rollback := func(err error) (api.Instance, error) {
 		r.kill()
 		<-vm.Done()
 		r.closeChannels()
 		return fail(fmt.Errorf("%w; console: %s", err, vmm.LastLines(readFileString(consoleLog), 8)))
 	}
-	h := vm.Handle()
-	in.mu.Lock()
-	in.rec.Handle = &h
-	in.rec.Accel = accel
-	m.persistLocked(in)
-	in.mu.Unlock()
-	conn, err := vm.DialControl(ctx)
-	if err != nil {
-		return rollback(err)
-	}
-	r.ctl = conn
-	if !rec.Config.NoAgent {
-		r.startAgent(m.log.With("vm", rec.ID))
-	}
-	tDialed := time.Now()
-	logs, err := openLog(in.logPath(), in.notify)
-	if err != nil {
-		return rollback(err)
-	}
-	go m.readFrames(r, logs)
-	if err := vm.Resume(ctx); err != nil {
-		logs.close()
-		return rollback(err)
-	}
-	m.log.Debug("vmm steps", "vm", rec.ID, "spawn_ms", ms(tSpawned.Sub(t)), "dial_ms", ms(tDialed.Sub(tSpawned)), "resume_ms", ms(time.Since(tDialed)))
-	t = mark(api.PhaseVMM, t)
-
-	// Phases kernel, init and app, from flick-init's messages.
-	wait := func(what string) (wire.Event, error) {
-		for {
-			select {
-			case ev := <-r.events:
-				return ev, nil
-			case <-vm.Done():
-				// The guest's last words may have come just before it went.
-				select {
-				case ev := <-r.events:
-					return ev, nil
-				default:
-				}
-				return wire.Event{}, fmt.Errorf("vmm exited while waiting for %s", what)
-			case <-ctx.Done():
-				return wire.Event{}, fmt.Errorf("guest did not boot within %s (waiting for %s)", m.cfg.BootTimeout, what)
-			}
-		}
-	}
-	select {
-	case <-r.hello:
-	case <-vm.Done():
-		select {
-		case <-r.hello:
-		default:
-			logs.close()
-			return rollback(errors.New("vmm exited before flick-init started"))
-		}
-	case <-ctx.Done():
-		logs.close()
-		return rollback(fmt.Errorf("guest did not boot within %s (no word from flick-init)", m.cfg.BootTimeout))
-	}
-	t = mark(api.PhaseKernel, t)
-	ev, err := wait("flick-init to set up")
-	if err == nil && ev.Kind == wire.EventFailed {
-		err = fmt.Errorf("guest init: %s", ev.Message)
-	}
-	if err != nil {
-		logs.close()
-		return rollback(err)
-	}
-	t = mark(api.PhaseInit, t)
-	if ev.Kind == wire.EventExec {
-		ev, err = wait("the app to start")
-		if err == nil && ev.Kind == wire.EventFailed {
-			err = fmt.Errorf("start app: %s", ev.Message)
-		}
-		if err != nil {
-			logs.close()
-			return rollback(err)
-		}
-	}
-	t = mark(api.PhaseApp, t)
 
 	if ready != nil {
 		rctx, cancel := context.WithTimeout(context.Background(), time.Duration(ready.TimeoutMS)*time.Millisecond+10*time.Second)
@@ -382,6 +356,10 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	now := time.Now().UTC()
 	in.mu.Lock()
 	in.run = r
+	in.rec.StartMode = api.StartCold
+	if b.restore != nil {
+		in.rec.StartMode = api.StartSnapshot
+	}
 	in.rec.State = api.StateRunning
 	in.rec.Started = &now
 	in.rec.Phases = phases
@@ -718,4 +696,167 @@ func guestArgs(img api.ImageConfig, c api.InstanceConfig) ([]string, error) {
 		return nil, errdefs.InvalidArgument("no command to run: the image has no entrypoint or cmd; give one after the image name")
 	}
 	return args, nil
+}
+
+// errGuestFailed marks a boot that failed because of the app or its
+// config, which a cold boot would not fix.
+var errGuestFailed = errors.New("guest failed")
+
+// bootPlan is how one start brings its VM up.
+type bootPlan struct {
+	spec    vmm.Spec
+	config  wire.Config   // the instance's config
+	digest  string        // the image's
+	restore *bootSnapshot // restore this instead of booting
+	snapKey string        // save a boot snapshot under this key
+}
+
+// boot brings up the VM of b until its app runs, marking the phases: vmm,
+// then kernel and init for a boot (with snapshot when it saves one) or
+// restore and init for a restore, then app. On failure nothing of the VM
+// is left.
+func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, mark func(string, time.Time) time.Time) (*running, *logWriter, time.Time, error) {
+	rec := in.rec
+	b.spec.KeepRAM = b.snapKey != ""
+	_ = os.Truncate(b.spec.ConsoleLog, 0)
+	vm, err := m.cfg.Driver.Start(ctx, b.spec)
+	if err != nil {
+		return nil, nil, t, err
+	}
+	if b.restore != nil {
+		t = mark(api.PhaseRestore, t)
+	}
+	r := newRunning(vm)
+	var logs *logWriter
+	rollback := func(err error) (*running, *logWriter, time.Time, error) {
+		r.kill()
+		<-vm.Done()
+		r.closeChannels()
+		if logs != nil {
+			logs.close()
+		}
+		in.mu.Lock()
+		in.rec.Handle = nil
+		in.mu.Unlock()
+		return nil, nil, t, fmt.Errorf("%w; console: %s", err, vmm.LastLines(readFileString(b.spec.ConsoleLog), 8))
+	}
+	h := vm.Handle()
+	in.mu.Lock()
+	in.rec.Handle = &h
+	in.rec.Accel = b.spec.Accel
+	m.persistLocked(in)
+	in.mu.Unlock()
+	conn, err := vm.DialControl(ctx)
+	if err != nil {
+		return rollback(err)
+	}
+	r.ctl = conn
+	if !rec.Config.NoAgent {
+		r.startAgent(m.log.With("vm", rec.ID))
+	}
+	if logs, err = openLog(in.logPath(), in.notify); err != nil {
+		return rollback(err)
+	}
+	go m.readFrames(r, logs)
+	if err := vm.Resume(ctx); err != nil {
+		return rollback(err)
+	}
+	if b.restore == nil {
+		t = mark(api.PhaseVMM, t)
+	}
+
+	wait := func(what string) (wire.Event, error) {
+		for {
+			select {
+			case ev := <-r.events:
+				return ev, nil
+			case <-vm.Done():
+				// The guest's last words may have come just before it went.
+				select {
+				case ev := <-r.events:
+					return ev, nil
+				default:
+				}
+				return wire.Event{}, fmt.Errorf("vmm exited while waiting for %s", what)
+			case <-ctx.Done():
+				return wire.Event{}, fmt.Errorf("guest did not start within %s (waiting for %s)", m.cfg.BootTimeout, what)
+			}
+		}
+	}
+	sendConfig := func() error {
+		c := b.config
+		c.TimeNS = time.Now().UnixNano()
+		c.Seed = make([]byte, 32)
+		if _, err := rand.Read(c.Seed); err != nil {
+			return err
+		}
+		payload, _ := json.Marshal(c)
+		return r.send(wire.TypeConfig, payload)
+	}
+	if b.restore == nil {
+		select {
+		case <-r.hello:
+		case <-vm.Done():
+			select {
+			case <-r.hello:
+			default:
+				return rollback(errors.New("vmm exited before flick-init started"))
+			}
+		case <-ctx.Done():
+			return rollback(fmt.Errorf("guest did not boot within %s (no word from flick-init)", m.cfg.BootTimeout))
+		}
+		t = mark(api.PhaseKernel, t)
+		if b.snapKey != "" {
+			// flick-init waits for its config: save the VM as it is.
+			if err := m.saveSnapshot(ctx, vm, b); err != nil {
+				m.log.Warn("boot snapshot not saved", "vm", rec.ID, "err", err)
+			}
+			if err := vm.Resume(ctx); err != nil {
+				return rollback(err)
+			}
+			t = mark(api.PhaseSnapshot, t)
+		}
+	}
+	if b.restore != nil || b.snapKey != "" {
+		if err := sendConfig(); err != nil {
+			return rollback(fmt.Errorf("send config: %w", err))
+		}
+	}
+	ev, err := wait("flick-init to set up")
+	if err == nil && ev.Kind == wire.EventFailed {
+		err = fmt.Errorf("%w: guest init: %s", errGuestFailed, ev.Message)
+	}
+	if err != nil {
+		return rollback(err)
+	}
+	t = mark(api.PhaseInit, t)
+	if ev.Kind == wire.EventExec {
+		ev, err = wait("the app to start")
+		if err == nil && ev.Kind == wire.EventFailed {
+			err = fmt.Errorf("%w: start app: %s", errGuestFailed, ev.Message)
+		}
+		if err != nil {
+			return rollback(err)
+		}
+	}
+	t = mark(api.PhaseApp, t)
+	return r, logs, t, nil
+}
+
+// saveSnapshot saves the paused boot of b as its image's boot snapshot.
+func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error {
+	tmp, snap, err := m.newSnapshotDir(b.snapKey)
+	if err != nil {
+		return err
+	}
+	if err := vm.SaveSnapshot(ctx, snap); err != nil {
+		_ = os.RemoveAll(tmp)
+		return err
+	}
+	if err := m.commitSnapshot(tmp, b.snapKey, b.digest, b.spec.GuestConfig); err != nil {
+		_ = os.RemoveAll(tmp)
+		return err
+	}
+	m.log.Info("boot snapshot saved", "snapshot", b.snapKey, "image", b.digest)
+	return nil
 }

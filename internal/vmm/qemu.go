@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -92,7 +93,7 @@ func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 		"-accel", spec.Accel,
 		"-smp", strconv.Itoa(cpus),
 		"-m", strconv.Itoa(mem) + "M",
-		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", mem, ramFile),
+		"-object", ramObject(spec, mem, ramFile),
 		"-machine", "memory-backend=mem",
 		"-kernel", spec.Kernel,
 		"-append", spec.Cmdline,
@@ -128,7 +129,21 @@ func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 		a = append(a, "-fw_cfg", "name=opt/flick/config,file="+spec.GuestConfig)
 	}
 	a = append(a, "-qmp", "unix:"+socks.QMP+",server=on,wait=off")
+	if spec.Restore != nil {
+		a = append(a, "-incoming", "defer")
+	}
 	return a
+}
+
+// ramObject is the guest RAM: a file of the VM's own, shared so that a
+// snapshot can copy it, or for a restore the snapshot's RAM mapped
+// privately: pages are read from it on first touch and copied on write,
+// and the file is never written.
+func ramObject(spec Spec, mem int, ramFile string) string {
+	if spec.Restore != nil {
+		return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=off", mem, spec.Restore.RAM)
+	}
+	return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", mem, ramFile)
 }
 
 // Sockets are the unix sockets QEMU serves for one VM.
@@ -198,11 +213,143 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 		return nil, fmt.Errorf("qemu exited at start: %s", lastLines(spec.ConsoleLog, 5))
 	}
 	vm.qmp = conn
-	// QEMU has mapped the RAM file by the time QMP answers; unlinking it
-	// now means no exit path of QEMU can leave it behind.
-	_ = os.Remove(ramFile)
+	if spec.KeepRAM && spec.Restore == nil {
+		vm.ramFile = ramFile
+		go func() { <-vm.done; _ = os.Remove(ramFile) }()
+	} else {
+		// QEMU has mapped the RAM file by the time QMP answers;
+		// unlinking it now means no exit path of QEMU can leave it
+		// behind.
+		_ = os.Remove(ramFile)
+	}
 	vm.handle.StartTime, _ = procStartTime(vm.handle.PID)
+	if spec.Restore != nil {
+		if err := vm.incoming(ctx, spec.Restore.State); err != nil {
+			_ = vm.Kill()
+			<-vm.done
+			return nil, fmt.Errorf("restore snapshot: %w; console: %s", err, lastLines(spec.ConsoleLog, 3))
+		}
+	}
 	return vm, nil
+}
+
+// ignoreShared keeps guest RAM out of the migration stream: it lives in
+// the RAM file, which a snapshot copies and a restore maps.
+var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+
+// incoming loads the device state of a snapshot into a VM started with
+// -incoming defer; the VM stays paused.
+func (v *qemuVM) incoming(ctx context.Context, state string) error {
+	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return err
+	}
+	if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}); err != nil {
+		return err
+	}
+	return v.waitMigration(ctx)
+}
+
+// waitMigration polls query-migrate until the migration completes.
+func (v *qemuVM) waitMigration(ctx context.Context) error {
+	for {
+		raw, err := v.qmp.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-v.done:
+			return errors.New("vmm exited during migration")
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// SaveSnapshot stops the vCPUs, writes the device state (RAM excluded) to
+// snap.State and copies the RAM file, holes kept, to snap.RAM.
+func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {
+	if v.ramFile == "" {
+		return errors.New("save snapshot: the VM was not started with KeepRAM")
+	}
+	if _, err := v.qmp.Execute(ctx, "stop", nil); err != nil {
+		return fmt.Errorf("save snapshot: stop: %w", err)
+	}
+	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if _, err := v.qmp.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(snap.State)}); err != nil {
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if err := v.waitMigration(ctx); err != nil {
+		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if err := copySparse(v.ramFile, snap.RAM); err != nil {
+		return fmt.Errorf("save snapshot: copy RAM: %w", err)
+	}
+	return nil
+}
+
+// shellQuote quotes s for the sh -c that QEMU's exec: migration runs.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// copySparse copies src to dst, skipping src's holes, and syncs dst.
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if err := out.Truncate(fi.Size()); err != nil {
+		return err
+	}
+	fd := int(in.Fd())
+	var off int64
+	for off < fi.Size() {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		if _, err := out.Seek(data, io.SeekStart); err != nil {
+			return err
+		}
+		if _, err := io.Copy(out, io.NewSectionReader(in, data, hole-data)); err != nil {
+			return err
+		}
+		off = hole
+	}
+	return out.Sync()
 }
 
 // Attach re-connects to a QEMU started by an earlier daemon.
@@ -289,10 +436,11 @@ func flickVM(args []string, dir string) (string, bool) {
 }
 
 type qemuVM struct {
-	handle Handle
-	proc   *os.Process
-	qmp    *qmp.Conn
-	done   chan struct{}
+	handle  Handle
+	proc    *os.Process
+	qmp     *qmp.Conn
+	done    chan struct{}
+	ramFile string // kept for SaveSnapshot; "" when unlinked
 }
 
 func (v *qemuVM) Handle() Handle { return v.handle }

@@ -31,9 +31,22 @@ type Spec struct {
 	Disks     []Disk
 	// GuestConfig is a file whose bytes the guest reads as wire.FwCfgName.
 	GuestConfig string
+	// Restore, when set, starts the VM from a snapshot made by
+	// VM.SaveSnapshot of a VM with the same layout, instead of booting it.
+	Restore *Snapshot
+	// KeepRAM keeps the guest RAM file linked, for a VM that is to be
+	// snapshotted; it is removed with the VM.
+	KeepRAM bool
 	// ConsoleLog receives the serial console (kernel and flick-init) and
 	// the VMM's own stderr.
 	ConsoleLog string
+}
+
+// Snapshot is a saved VM: its guest RAM (mapped copy-on-write by every
+// restore, never written) and its device state.
+type Snapshot struct {
+	RAM   string `json:"ram"`
+	State string `json:"state"`
 }
 
 // Handle is what it takes to find a running VM again after the daemon
@@ -70,6 +83,9 @@ type VM interface {
 	Handle() Handle
 	// Resume starts or continues the vCPUs.
 	Resume(ctx context.Context) error
+	// SaveSnapshot pauses the VM and writes its RAM and device state to
+	// snap's files; the VM stays paused. It needs Spec.KeepRAM.
+	SaveSnapshot(ctx context.Context, snap Snapshot) error
 	// DialControl connects to flick-init's channel: the boot sequence, the
 	// app's output and its exit.
 	DialControl(ctx context.Context) (net.Conn, error)

@@ -61,6 +61,18 @@ type Config struct {
 	// NoAgent keeps the guest agent from starting: execs and copies are
 	// refused by the host, and readiness is the app's process starting.
 	NoAgent bool `json:"no_agent,omitempty"`
+
+	// AwaitConfig makes flick-init say hello and then wait for the real
+	// Config in a TypeConfig frame instead of using this one: the host
+	// snapshots the VM while it waits, and every restore of that snapshot
+	// gets its own Config.
+	AwaitConfig bool `json:"await_config,omitempty"`
+	// TimeNS is the host's wall clock (Unix nanoseconds) when it sent a
+	// TypeConfig: a restored guest sets its clock from it.
+	TimeNS int64 `json:"time_ns,omitempty"`
+	// Seed is fresh randomness for the guest's RNG, which a snapshot
+	// would otherwise hand to every restore alike.
+	Seed []byte `json:"seed,omitempty"`
 }
 
 // Frame types. Guest to host: Hello, Stdout, Stderr, Event. Host to guest:
@@ -72,6 +84,7 @@ const (
 	TypeEvent  byte = 4 // payload: JSON Event
 	TypeSignal byte = 5 // payload: one byte, the signal number, for the app
 	TypeAck    byte = 6 // payload: empty; answers an Event of kind "exited"
+	TypeConfig byte = 7 // host to guest: JSON Config, for a guest that awaits it
 )
 
 // AckTimeout is how long flick-init waits for the host's Ack before it

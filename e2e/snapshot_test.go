@@ -1,0 +1,81 @@
+package e2e
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/testenv"
+)
+
+func TestBootSnapshot(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	snaps := filepath.Join(e.root, "snapshots")
+
+	// The first start boots cold and leaves the snapshot.
+	e.must("run", "-d", "--name", "first", busybox, "sleep", "1000")
+	first, _ := e.inspect("first")
+	if first.StartMode != api.StartCold || first.Phases[api.PhaseSnapshot] <= 0 {
+		t.Fatalf("first start: mode %q, phases %v; want cold with a snapshot phase", first.StartMode, first.Phases)
+	}
+	ents, _ := os.ReadDir(snaps)
+	if len(ents) != 1 {
+		t.Fatalf("after the first start %s holds %d entries, want one snapshot", snaps, len(ents))
+	}
+
+	// Later starts restore it, each with its own config, clock and RNG.
+	e.must("run", "-d", "--name", "a", "-e", "WHO=a", busybox, "sleep", "1000")
+	e.must("run", "-d", "--name", "b", "-e", "WHO=b", busybox, "sleep", "1000")
+	var random []string
+	for _, name := range []string{"a", "b"} {
+		in, _ := e.inspect(name)
+		if in.StartMode != api.StartSnapshot || in.Phases[api.PhaseRestore] <= 0 || in.Phases[api.PhaseKernel] != 0 {
+			t.Errorf("%s: mode %q, phases %v; want a restore and no kernel boot", name, in.StartMode, in.Phases)
+		}
+		r := e.must("exec", name, "sh", "-c", `echo "$WHO $(hostname) $(date +%s)"; head -c 16 /dev/urandom`)
+		line, rnd, _ := strings.Cut(r.stdout, "\n")
+		f := strings.Fields(line)
+		if len(f) != 3 || f[0] != name || f[1] != name {
+			t.Errorf("%s: env and hostname %q, want %s %s", name, line, name, name)
+			continue
+		}
+		if sec, _ := strconv.ParseInt(f[2], 10, 64); time.Since(time.Unix(sec, 0)).Abs() > 30*time.Second {
+			t.Errorf("%s: guest clock %s is not the host's %d", name, f[2], time.Now().Unix())
+		}
+		random = append(random, rnd)
+	}
+	if len(random) == 2 && random[0] == random[1] {
+		t.Error("two restores of one snapshot read the same bytes from /dev/urandom")
+	}
+
+	// A corrupt snapshot is found, removed and taken again by a cold boot.
+	e.must("rm", "-f", "a", "b", "first")
+	state := filepath.Join(snaps, ents[0].Name(), "state")
+	if err := os.WriteFile(state, []byte("not a device state"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.must("run", "-d", "--name", "c", busybox, "sleep", "1000")
+	if c, _ := e.inspect("c"); c.StartMode != api.StartCold || c.Phases[api.PhaseSnapshot] <= 0 {
+		t.Errorf("after corruption: mode %q, phases %v; want a cold boot taking a new snapshot", c.StartMode, c.Phases)
+	}
+	e.must("run", "-d", "--name", "d", busybox, "sleep", "1000")
+	if d, _ := e.inspect("d"); d.StartMode != api.StartSnapshot {
+		t.Errorf("the retaken snapshot is not used: mode %q", d.StartMode)
+	}
+
+	// --cold never touches snapshots; rmi removes them with the image.
+	e.must("run", "-d", "--name", "cold", "--cold", busybox, "sleep", "1000")
+	if in, _ := e.inspect("cold"); in.StartMode != api.StartCold || in.Phases[api.PhaseSnapshot] != 0 {
+		t.Errorf("--cold: mode %q, phases %v", in.StartMode, in.Phases)
+	}
+	e.must("rm", "-f", "c", "d", "cold")
+	e.must("rmi", busybox)
+	if ents, _ := os.ReadDir(snaps); len(ents) != 0 {
+		t.Errorf("rmi left %d snapshots in %s", len(ents), snaps)
+	}
+}

@@ -1,0 +1,231 @@
+package instance
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// Boot snapshots. The first start of an image (for a given kernel, init,
+// memory size, vCPU count and VMM) boots with a config that makes
+// flick-init say hello and wait; the daemon saves the VM there, then sends
+// the instance's real config. Every later start of that image restores the
+// snapshot instead of booting, and sends its own config. A snapshot lives
+// in Root/snapshots/KEY: ram (guest memory, mapped copy-on-write by each
+// restore), state (QEMU's device state, tens of KB), boot.json (the config
+// the guest booted with, which the VM's layout refers to) and meta.json.
+
+type snapMeta struct {
+	Key         string    `json:"key"`
+	ImageDigest string    `json:"image_digest"`
+	Created     time.Time `json:"created"`
+	RAMSize     int64     `json:"ram_size"`
+	StateSize   int64     `json:"state_size"`
+	StateSHA256 string    `json:"state_sha256"`
+}
+
+// bootSnapshot is a snapshot found valid on disk.
+type bootSnapshot struct {
+	dir  string
+	meta snapMeta
+	snap vmm.Snapshot
+	boot string // boot.json
+}
+
+func (m *Manager) snapDir() string { return filepath.Join(m.cfg.Root, "snapshots") }
+
+// snapKey names the snapshot that a start with these inputs can use: any
+// change to one of them needs a new boot.
+func (m *Manager) snapKey(kernel, digest string, memMiB, cpus int, accel, cmdline string) (string, error) {
+	ki, err := os.Stat(kernel)
+	if err != nil {
+		return "", err
+	}
+	ii, err := os.Stat(m.cfg.Initrd)
+	if err != nil {
+		return "", err
+	}
+	h := sha256.New()
+	fmt.Fprintf(h, "v1\nkernel %s %d %d\ninit %s %d %d\nimage %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\n",
+		kernel, ki.Size(), ki.ModTime().UnixNano(), m.cfg.Initrd, ii.Size(), ii.ModTime().UnixNano(),
+		digest, memMiB, cpus, accel, cmdline, m.cfg.SnapshotTag)
+	return hex.EncodeToString(h.Sum(nil))[:24], nil
+}
+
+// lookupSnapshot returns the snapshot of key if it is there and whole: its
+// RAM file has the size it was saved with and its device state the same
+// checksum. A damaged one is removed.
+func (m *Manager) lookupSnapshot(key string) (*bootSnapshot, bool) {
+	dir := filepath.Join(m.snapDir(), key)
+	b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+	if err != nil {
+		return nil, false
+	}
+	s := &bootSnapshot{
+		dir:  dir,
+		snap: vmm.Snapshot{RAM: filepath.Join(dir, "ram"), State: filepath.Join(dir, "state")},
+		boot: filepath.Join(dir, "boot.json"),
+	}
+	bad := func(why string) (*bootSnapshot, bool) {
+		m.log.Warn("boot snapshot damaged; removed, the next start boots cold", "snapshot", key, "why", why)
+		_ = os.RemoveAll(dir)
+		return nil, false
+	}
+	if err := json.Unmarshal(b, &s.meta); err != nil {
+		return bad("meta.json: " + err.Error())
+	}
+	if fi, err := os.Stat(s.snap.RAM); err != nil || fi.Size() != s.meta.RAMSize {
+		return bad("ram file missing or of the wrong size")
+	}
+	sum, n, err := fileSHA256(s.snap.State)
+	if err != nil || n != s.meta.StateSize || sum != s.meta.StateSHA256 {
+		return bad("device state missing or corrupt")
+	}
+	if _, err := os.Stat(s.boot); err != nil {
+		return bad("boot.json missing")
+	}
+	return s, true
+}
+
+func fileSHA256(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	return hex.EncodeToString(h.Sum(nil)), n, err
+}
+
+// newSnapshotDir returns a fresh directory to save a snapshot of key into;
+// commitSnapshot moves it into place once it is whole.
+func (m *Manager) newSnapshotDir(key string) (string, vmm.Snapshot, error) {
+	if err := os.MkdirAll(m.snapDir(), 0o700); err != nil {
+		return "", vmm.Snapshot{}, err
+	}
+	tmp, err := os.MkdirTemp(m.snapDir(), ".new-"+key+"-")
+	if err != nil {
+		return "", vmm.Snapshot{}, err
+	}
+	return tmp, vmm.Snapshot{RAM: filepath.Join(tmp, "ram"), State: filepath.Join(tmp, "state")}, nil
+}
+
+// commitSnapshot writes meta.json and boot.json into tmp and renames it to
+// the snapshot of key; a crash before the rename leaves only a .new-
+// directory, which the next daemon removes.
+func (m *Manager) commitSnapshot(tmp, key, digest, bootConfig string) error {
+	ri, err := os.Stat(filepath.Join(tmp, "ram"))
+	if err != nil {
+		return err
+	}
+	sum, n, err := fileSHA256(filepath.Join(tmp, "state"))
+	if err != nil {
+		return err
+	}
+	boot, err := os.ReadFile(bootConfig)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, "boot.json"), boot, 0o600); err != nil {
+		return err
+	}
+	meta := snapMeta{Key: key, ImageDigest: digest, Created: time.Now().UTC(), RAMSize: ri.Size(), StateSize: n, StateSHA256: sum}
+	b, _ := json.Marshal(meta)
+	if err := os.WriteFile(filepath.Join(tmp, "meta.json"), b, 0o600); err != nil {
+		return err
+	}
+	dst := filepath.Join(m.snapDir(), key)
+	if err := os.Rename(tmp, dst); err != nil {
+		if errors.Is(err, syscall.EEXIST) || errors.Is(err, syscall.ENOTEMPTY) {
+			// Another start saved the same snapshot first.
+			return os.RemoveAll(tmp)
+		}
+		return err
+	}
+	return nil
+}
+
+// discardSnapshot removes a snapshot that failed to restore.
+func (m *Manager) discardSnapshot(s *bootSnapshot, why error) {
+	m.log.Warn("boot snapshot failed to restore; removed, booting cold", "snapshot", s.meta.Key, "err", why)
+	_ = os.RemoveAll(s.dir)
+}
+
+// RemoveImageSnapshots removes the boot snapshots of an image, when the
+// image goes.
+func (m *Manager) RemoveImageSnapshots(digest string) {
+	ents, err := os.ReadDir(m.snapDir())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".new-") {
+			continue // being saved
+		}
+		dir := filepath.Join(m.snapDir(), e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+		var meta snapMeta
+		if err != nil || json.Unmarshal(b, &meta) != nil || meta.ImageDigest == digest {
+			_ = os.RemoveAll(dir)
+		}
+	}
+}
+
+// cleanSnapshots removes the leftovers of saves that a crash interrupted.
+func (m *Manager) cleanSnapshots() {
+	ents, err := os.ReadDir(m.snapDir())
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".new-") {
+			_ = os.RemoveAll(filepath.Join(m.snapDir(), e.Name()))
+		}
+	}
+}
+
+// SnapshotSizes is the disk space of the boot snapshots of each image
+// digest, in bytes: the blocks their files use, not their apparent size.
+func (m *Manager) SnapshotSizes() map[string]int64 {
+	sizes := map[string]int64{}
+	ents, err := os.ReadDir(m.snapDir())
+	if err != nil {
+		return sizes
+	}
+	for _, e := range ents {
+		dir := filepath.Join(m.snapDir(), e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+		var meta snapMeta
+		if err != nil || json.Unmarshal(b, &meta) != nil {
+			continue
+		}
+		sizes[meta.ImageDigest] += diskUsage(dir)
+	}
+	return sizes
+}
+
+func diskUsage(dir string) int64 {
+	var total int64
+	_ = filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				total += st.Blocks * 512
+			} else {
+				total += fi.Size()
+			}
+		}
+		return nil
+	})
+	return total
+}
