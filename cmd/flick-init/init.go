@@ -2,6 +2,8 @@ package main
 
 import (
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 
 	"github.com/flick-vm/flick/internal/guest/wire"
@@ -20,9 +22,10 @@ func run(start int64) {
 	// QEMU has answered the console driver: the app's root is prepared
 	// meanwhile rather than after.
 	prepared := make(chan prepResult, 1)
+	saveable := make(chan struct{})
 	go func() {
 		var r prepResult
-		r.cfg, r.app, r.err = prepare()
+		r.cfg, r.app, r.err = prepare(saveable)
 		prepared <- r
 	}()
 
@@ -31,6 +34,9 @@ func run(start int64) {
 		logf("%v", err)
 		reboot()
 	}
+	// A boot to snapshot says hello only once it has done all that every
+	// start of its image shares.
+	<-saveable
 	if err := p.sendJSON(wire.TypeHello, wire.Hello{BootNS: start}); err != nil {
 		logf("hello: %v", err)
 	}
@@ -66,23 +72,61 @@ type prepResult struct {
 }
 
 // prepare reads the config, builds the app's root and resolves what to
-// exec: everything that does not need the host.
-func prepare() (wire.Config, *launch, error) {
+// exec: everything that does not need the host. It closes saveable once the
+// VM may be snapshotted: at once for an ordinary boot; for a boot to
+// snapshot (AwaitConfig), after the image's root disk, loopback and (for a
+// layer in memory) the whole root are up, and before it waits for the
+// instance's config.
+func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
+	var once sync.Once
+	ready := func() { once.Do(func() { close(saveable) }) }
+	defer ready()
 	cfg, err := readConfig()
 	if err != nil {
 		return cfg, nil, err
 	}
-	if err := setupRoot(cfg); err != nil {
-		return cfg, nil, err
+	if !cfg.AwaitConfig {
+		ready()
+		if err := setupRoot(cfg); err != nil {
+			return cfg, nil, err
+		}
+		if err := loopbackUp(); err != nil {
+			logf("%v", err)
+		}
+	} else {
+		if err := mountLower(cfg); err != nil {
+			return cfg, nil, err
+		}
+		inMemory := cfg.WritableLayer == wire.LayerMemory
+		if inMemory {
+			if err := mountUpper(cfg); err != nil {
+				return cfg, nil, err
+			}
+		}
+		if err := loopbackUp(); err != nil {
+			logf("%v", err)
+		}
+		ready()
+		layer := cfg.WritableLayer
+		cfg = <-hostConfig
+		applyHostState(cfg)
+		if err := checkConfig(cfg); err != nil {
+			return cfg, nil, err
+		}
+		if cfg.WritableLayer != layer {
+			return cfg, nil, fmt.Errorf("config: the snapshot has a %s layer, the instance wants %s", layer, cfg.WritableLayer)
+		}
+		if !inMemory {
+			if err := mountUpper(cfg); err != nil {
+				return cfg, nil, err
+			}
+		}
 	}
 	root, err := openRootDir(newRoot)
 	if err != nil {
 		return cfg, nil, err
 	}
 	if err := setHostname(root, cfg.Hostname); err != nil {
-		logf("%v", err)
-	}
-	if err := loopbackUp(); err != nil {
 		logf("%v", err)
 	}
 	l, err := planApp(root, cfg)

@@ -44,10 +44,9 @@ func readConfig() (wire.Config, error) {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
 	if cfg.AwaitConfig {
-		// A boot to snapshot: the real config comes over the channel,
-		// after the host has saved the VM.
-		cfg = <-hostConfig
-		applyHostState(cfg)
+		// A boot to snapshot: the real config comes over the channel
+		// after the host has saved the VM; prepare waits for it.
+		return cfg, nil
 	}
 	return cfg, checkConfig(cfg)
 }
@@ -139,14 +138,32 @@ func findDisks(serials ...string) (map[string]string, error) {
 // whose upper layer is on the data disk or in memory, with the usual
 // pseudo-filesystems.
 func setupRoot(cfg wire.Config) error {
-	inMemory := cfg.WritableLayer == wire.LayerMemory
-	serials := []string{cfg.RootDevice}
-	if !inMemory {
-		serials = append(serials, cfg.DataDevice)
+	if err := mountLower(cfg); err != nil {
+		return err
 	}
-	disks, err := findDisks(serials...)
+	return mountUpper(cfg)
+}
+
+// mountLower mounts the image's root disk read-only.
+func mountLower(cfg wire.Config) error {
+	disks, err := findDisks(cfg.RootDevice)
 	if err != nil {
 		return err
+	}
+	lower := mountPoint{disks[cfg.RootDevice], lowerDir, cfg.RootFSType, unix.MS_RDONLY, ""}
+	return lower.mount()
+}
+
+// mountUpper mounts the writable layer, the overlay of both and the app's
+// pseudo-filesystems.
+func mountUpper(cfg wire.Config) error {
+	inMemory := cfg.WritableLayer == wire.LayerMemory
+	disks := map[string]string{}
+	if !inMemory {
+		var err error
+		if disks, err = findDisks(cfg.DataDevice); err != nil {
+			return err
+		}
 	}
 	// noinit_itable: no ext4lazyinit thread zeroing inode tables of a
 	// fresh disk (mkfs -E lazy_itable_init=1) on our one vCPU while the
@@ -157,14 +174,8 @@ func setupRoot(cfg wire.Config) error {
 	if inMemory {
 		upper = mountPoint{"tmpfs", dataDir, "tmpfs", unix.MS_NOSUID, "mode=0755"}
 	}
-	steps := []mountPoint{
-		{disks[cfg.RootDevice], lowerDir, cfg.RootFSType, unix.MS_RDONLY, ""},
-		upper,
-	}
-	for _, m := range steps {
-		if err := m.mount(); err != nil {
-			return err
-		}
+	if err := upper.mount(); err != nil {
+		return err
 	}
 	for _, d := range []string{dataDir + "/upper", dataDir + "/work"} {
 		if err := os.Mkdir(d, 0o755); err != nil && !errors.Is(err, fs.ErrExist) {

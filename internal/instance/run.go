@@ -264,7 +264,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	var restore *bootSnapshot
 	snapKey := ""
 	if m.cfg.Snapshots && !rec.Config.ColdBoot {
-		if k, err := m.snapKey(kernel, img.Digest, rec.Config.MemoryMiB, rec.Config.CPUs, accel, cmdline); err == nil {
+		if k, err := m.snapKey(kernel, img.Digest, gc.WritableLayer, rec.Config.MemoryMiB, rec.Config.CPUs, accel, cmdline); err == nil {
 			snapKey = k
 			restore, _ = m.lookupSnapshot(k)
 		}
@@ -305,6 +305,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			b.spec.Restore = nil
 			boot := wire.Config{
 				AwaitConfig: true, RootDevice: gc.RootDevice, RootFSType: gc.RootFSType, DataDevice: gc.DataDevice,
+				WritableLayer: gc.WritableLayer,
 			}
 			if err := writeConfig(boot); err != nil {
 				return fail(err)

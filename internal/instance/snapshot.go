@@ -17,9 +17,10 @@ import (
 )
 
 // Boot snapshots. The first start of an image (for a given kernel, init,
-// memory size, vCPU count and VMM) boots with a config that makes
-// flick-init say hello and wait; the daemon saves the VM there, then sends
-// the instance's real config. Every later start of that image restores the
+// writable layer kind, memory size, vCPU count and VMM) boots with a config
+// that makes flick-init mount what every start of the image shares (the
+// image's disk; with a layer in memory the whole root), say hello and wait;
+// the daemon saves the VM there, then sends the instance's real config. Every later start of that image restores the
 // snapshot instead of booting, and sends its own config. A snapshot lives
 // in Root/snapshots/KEY: ram (guest memory, mapped copy-on-write by each
 // restore), state (QEMU's device state, tens of KB), boot.json (the config
@@ -46,7 +47,7 @@ func (m *Manager) snapDir() string { return filepath.Join(m.cfg.Root, "snapshots
 
 // snapKey names the snapshot that a start with these inputs can use: any
 // change to one of them needs a new boot.
-func (m *Manager) snapKey(kernel, digest string, memMiB, cpus int, accel, cmdline string) (string, error) {
+func (m *Manager) snapKey(kernel, digest, layer string, memMiB, cpus int, accel, cmdline string) (string, error) {
 	ki, err := os.Stat(kernel)
 	if err != nil {
 		return "", err
@@ -56,9 +57,9 @@ func (m *Manager) snapKey(kernel, digest string, memMiB, cpus int, accel, cmdlin
 		return "", err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "v1\nkernel %s %d %d\ninit %s %d %d\nimage %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\n",
+	fmt.Fprintf(h, "v2\nkernel %s %d %d\ninit %s %d %d\nimage %s layer %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\n",
 		kernel, ki.Size(), ki.ModTime().UnixNano(), m.cfg.Initrd, ii.Size(), ii.ModTime().UnixNano(),
-		digest, memMiB, cpus, accel, cmdline, m.cfg.SnapshotTag)
+		digest, layer, memMiB, cpus, accel, cmdline, m.cfg.SnapshotTag)
 	return hex.EncodeToString(h.Sum(nil))[:24], nil
 }
 
