@@ -79,3 +79,51 @@ func TestBootSnapshot(t *testing.T) {
 		t.Errorf("rmi left %d snapshots in %s", len(ents), snaps)
 	}
 }
+
+func TestZygotes(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	pool := filepath.Join(e.root, "pool")
+
+	// The first start with a layer in memory takes the snapshot, and the
+	// daemon restores a zygote of it in the background.
+	e.must("run", "--rm", "--layer", "memory", busybox, "true")
+	var zygote []int
+	waitFor(t, 30*time.Second, "no zygote was restored after the snapshot's first use", func() bool {
+		zygote = qemuUnder(pool)
+		return len(zygote) == 1
+	})
+
+	// The next start claims it: its VMM is the zygote's.
+	e.must("run", "-d", "--layer", "memory", "--name", "z", "-e", "WHO=z", busybox, "sleep", "1000")
+	in, _ := e.inspect("z")
+	if in.PID != zygote[0] || in.StartMode != api.StartSnapshot {
+		t.Errorf("start after a zygote was ready: pid %d mode %q, want the zygote's pid %d", in.PID, in.StartMode, zygote[0])
+	}
+	if r := e.must("exec", "z", "sh", "-c", "echo $WHO $(hostname)"); r.stdout != "z z\n" {
+		t.Errorf("the claimed zygote runs with %q, want its instance's env and hostname", r.stdout)
+	}
+	// And the pool refills. (The claimed VM's command line still names
+	// the pool; it is told apart by its pid.)
+	idle := 0
+	waitFor(t, 30*time.Second, "the pool did not refill after a claim", func() bool {
+		for _, pid := range qemuUnder(pool) {
+			if pid != in.PID {
+				idle = pid
+			}
+		}
+		return idle != 0
+	})
+
+	// A daemon restart adopts the claimed zygote like any VM, and ends the
+	// idle one (the cleanup checks that none is left).
+	e.killDaemon()
+	e.startDaemon()
+	if r := e.must("exec", "z", "echo", "adopted"); r.stdout != "adopted\n" {
+		t.Errorf("exec in the adopted zygote after a daemon restart: %q", r.stdout)
+	}
+	waitFor(t, 10*time.Second, "the last daemon's idle zygote still runs", func() bool { return !alive(idle) })
+	if !alive(in.PID) {
+		t.Error("the daemon restart ended the claimed zygote's VM")
+	}
+}

@@ -31,7 +31,9 @@ type RunConfig struct {
 	BootTimeout time.Duration
 	// NoSnapshots turns boot snapshots off: every start boots cold.
 	NoSnapshots bool
-	Logger      *slog.Logger
+	// PoolSize is how many zygotes to keep per boot snapshot in use.
+	PoolSize int
+	Logger   *slog.Logger
 }
 
 // Run wires the daemon's parts together and serves until ctx ends. VMs
@@ -73,6 +75,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		BootTimeout: cfg.BootTimeout,
 		Snapshots:   !cfg.NoSnapshots,
 		SnapshotTag: qv + " " + cfg.TCGCPU,
+		PoolSize:    cfg.PoolSize,
 	})
 	if err != nil {
 		return err

@@ -88,6 +88,7 @@ func (v *fakeVM) Resume(context.Context) error {
 	return nil
 }
 func (v *fakeVM) DialControl(context.Context) (net.Conn, error) { return v.host, nil }
+func (v *fakeVM) Moved(string)                                  {}
 func (v *fakeVM) SaveSnapshot(context.Context, vmm.Snapshot) error {
 	return errors.New("fake VMs cannot be snapshotted")
 }

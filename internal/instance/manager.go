@@ -55,6 +55,9 @@ type Config struct {
 	// build and CPU model, which a snapshot is only good for.
 	Snapshots   bool
 	SnapshotTag string
+	// PoolSize is how many zygotes (VMs restored ahead of time) the
+	// daemon keeps per boot snapshot in use; 0 keeps none.
+	PoolSize int
 
 	BootTimeout   time.Duration // default 30 s
 	DataSizeMiB   int           // size of each writable layer, default 2048
@@ -69,6 +72,8 @@ type Manager struct {
 
 	mu  sync.Mutex
 	all map[string]*inst // by id
+
+	pool *pool
 
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -145,7 +150,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{})}
+	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSize)}
 	m.cleanSnapshots()
 	var recs []record
 	err = cfg.DB.View(func(tx *store.Tx) error {
@@ -176,25 +181,37 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 // daemon that died between spawning a VMM and recording its pid, or of an
 // instance removed while its VMM could not be reached.
 func (m *Manager) killOrphans() {
-	running, err := m.cfg.Driver.Running(filepath.Join(m.cfg.Root, "instances"))
-	if err != nil {
-		m.log.Warn("look for orphan VMMs", "err", err)
-		return
+	owned := map[int]bool{}
+	for _, in := range m.all {
+		if in.run != nil {
+			owned[in.run.vm.Handle().PID] = true
+		}
 	}
-	for id, pid := range running {
-		if in := m.all[id]; in != nil && in.run != nil && in.run.vm.Handle().PID == pid {
+	// Instances' VMMs, and zygotes of the last daemon's pool (a claimed
+	// zygote is owned by its instance).
+	for _, dir := range []string{filepath.Join(m.cfg.Root, "instances"), m.poolDir()} {
+		running, err := m.cfg.Driver.Running(dir)
+		if err != nil {
+			m.log.Warn("look for orphan VMMs", "err", err)
 			continue
 		}
-		if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.SIGKILL) == nil {
-			m.log.Warn("killed an orphan VMM", "vm", id, "pid", pid)
+		for id, pid := range running {
+			if owned[pid] {
+				continue
+			}
+			if p, err := os.FindProcess(pid); err == nil && p.Signal(syscall.SIGKILL) == nil {
+				m.log.Warn("killed an orphan VMM", "vm", id, "pid", pid)
+			}
 		}
 	}
+	m.cleanPool()
 }
 
 // Close detaches from every VM without stopping it: the VMs outlive the
 // daemon and the next one re-attaches.
 func (m *Manager) Close() {
 	close(m.closing)
+	m.closePool()
 	m.mu.Lock()
 	for _, in := range m.all {
 		in.mu.Lock()

@@ -289,10 +289,19 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		config: gc,
 		digest: img.Digest,
 	}
+	// A zygote of the snapshot is the fastest start; only a layer in
+	// memory can use one, as its data disk is not the instance's.
+	var zyg *zygote
+	if restore != nil && gc.WritableLayer == wire.LayerMemory {
+		zyg = m.claimZygote(snapKey)
+	}
 	var r *running
 	var logs *logWriter
 	for {
-		b.restore, b.snapKey = restore, ""
+		b.restore, b.snapKey, b.zygote = restore, "", zyg
+		if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
+			return fail(err)
+		}
 		switch {
 		case restore != nil:
 			b.spec.GuestConfig = restore.boot
@@ -321,6 +330,15 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		r, logs, t, err = m.boot(ctx, in, b, t, mark)
 		if err == nil {
 			break
+		}
+		if zyg != nil && ctx.Err() == nil && !errors.Is(err, errGuestFailed) {
+			// A zygote that died waiting: restore a VM of our own.
+			m.log.Warn("zygote failed; restoring instead", "vm", rec.ID, "err", err)
+			zyg = nil
+			for _, p := range []string{api.PhaseRestore, api.PhaseInit, api.PhaseApp} {
+				delete(phases, p)
+			}
+			continue
 		}
 		if restore != nil && ctx.Err() == nil && !errors.Is(err, errGuestFailed) {
 			// A snapshot that does not come back is not used again;
@@ -373,6 +391,14 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 
 	m.wg.Add(1)
 	go m.monitor(in, r, logs)
+	if snapKey != "" && gc.WritableLayer == wire.LayerMemory {
+		// The snapshot is in use: keep zygotes of it ready.
+		if s, ok := m.lookupSnapshot(snapKey); ok {
+			spec := b.spec
+			spec.Restore, spec.GuestConfig, spec.KeepRAM = &s.snap, s.boot, false
+			m.fillPool(snapKey, spec)
+		}
+	}
 	return m.view(in), nil
 }
 
@@ -710,6 +736,7 @@ type bootPlan struct {
 	digest  string        // the image's
 	restore *bootSnapshot // restore this instead of booting
 	snapKey string        // save a boot snapshot under this key
+	zygote  *zygote       // a VM already restored from restore, to claim
 }
 
 // boot brings up the VM of b until its app runs, marking the phases: vmm,
@@ -719,10 +746,26 @@ type bootPlan struct {
 func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, mark func(string, time.Time) time.Time) (*running, *logWriter, time.Time, error) {
 	rec := in.rec
 	b.spec.KeepRAM = b.snapKey != ""
-	_ = os.Truncate(b.spec.ConsoleLog, 0)
-	vm, err := m.cfg.Driver.Start(ctx, b.spec)
-	if err != nil {
-		return nil, nil, t, err
+	var vm vmm.VM
+	if z := b.zygote; z != nil {
+		// The zygote's run directory and console become the instance's.
+		if err := os.RemoveAll(b.spec.Dir); err != nil {
+			z.discard()
+			return nil, nil, t, err
+		}
+		if err := os.Rename(z.dir, b.spec.Dir); err != nil {
+			z.discard()
+			return nil, nil, t, err
+		}
+		z.vm.Moved(b.spec.Dir)
+		_ = os.Rename(filepath.Join(b.spec.Dir, filepath.Base(z.console)), b.spec.ConsoleLog)
+		vm = z.vm
+	} else {
+		_ = os.Truncate(b.spec.ConsoleLog, 0)
+		var err error
+		if vm, err = m.cfg.Driver.Start(ctx, b.spec); err != nil {
+			return nil, nil, t, err
+		}
 	}
 	if b.restore != nil {
 		t = mark(api.PhaseRestore, t)
@@ -747,20 +790,27 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	in.rec.Accel = b.spec.Accel
 	m.persistLocked(in)
 	in.mu.Unlock()
-	conn, err := vm.DialControl(ctx)
-	if err != nil {
-		return rollback(err)
+	if b.zygote != nil {
+		r.ctl = b.zygote.ctl
+	} else {
+		conn, err := vm.DialControl(ctx)
+		if err != nil {
+			return rollback(err)
+		}
+		r.ctl = conn
 	}
-	r.ctl = conn
 	if !rec.Config.NoAgent {
 		r.startAgent(m.log.With("vm", rec.ID))
 	}
+	var err error
 	if logs, err = openLog(in.logPath(), in.notify); err != nil {
 		return rollback(err)
 	}
 	go m.readFrames(r, logs)
-	if err := vm.Resume(ctx); err != nil {
-		return rollback(err)
+	if b.zygote == nil {
+		if err := vm.Resume(ctx); err != nil {
+			return rollback(err)
+		}
 	}
 	if b.restore == nil {
 		t = mark(api.PhaseVMM, t)

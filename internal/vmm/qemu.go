@@ -279,6 +279,12 @@ func (v *qemuVM) waitMigration(ctx context.Context) error {
 	}
 }
 
+func (v *qemuVM) Moved(dir string) {
+	for _, p := range []*string{&v.handle.QMPSocket, &v.handle.ControlSocket, &v.handle.AgentSocket} {
+		*p = filepath.Join(dir, filepath.Base(*p))
+	}
+}
+
 // SaveSnapshot stops the vCPUs, writes the device state (RAM excluded) to
 // snap.State and copies the RAM file, holes kept, to snap.RAM.
 func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {

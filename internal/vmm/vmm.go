@@ -83,6 +83,9 @@ type VM interface {
 	Handle() Handle
 	// Resume starts or continues the vCPUs.
 	Resume(ctx context.Context) error
+	// Moved tells the VM that its run directory (Spec.Dir) was renamed to
+	// dir: its sockets are found there from now on.
+	Moved(dir string)
 	// SaveSnapshot pauses the VM and writes its RAM and device state to
 	// snap's files; the VM stays paused. It needs Spec.KeepRAM.
 	SaveSnapshot(ctx context.Context, snap Snapshot) error

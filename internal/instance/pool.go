@@ -1,0 +1,176 @@
+package instance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// Zygotes. Restoring a boot snapshot costs a VMM spawn and a device-state
+// load on the start's path. A zygote is a VM restored from a boot snapshot
+// ahead of time and left running in flick-init, which waits for its config:
+// a start of the snapshot's image (with a layer in memory) claims one and
+// only sends its config. The pool keeps PoolSize zygotes per snapshot that
+// has been used, refilling in the background after each claim; they live in
+// Root/pool and die with the daemon.
+
+// zygote is a restored VM waiting for its instance.
+type zygote struct {
+	id      string
+	dir     string // its run directory, sockets included
+	vm      vmm.VM
+	ctl     net.Conn // flick-init's channel, dialled before the restore resumed
+	console string
+	created time.Time
+}
+
+type pool struct {
+	mu      sync.Mutex
+	size    int
+	idle    map[string][]*zygote // by snapshot key
+	specs   map[string]vmm.Spec  // how to restore one, by key
+	filling map[string]int
+	closed  bool
+	wg      sync.WaitGroup
+}
+
+func newPool(size int) *pool {
+	return &pool{size: size, idle: map[string][]*zygote{}, specs: map[string]vmm.Spec{}, filling: map[string]int{}}
+}
+
+func (m *Manager) poolDir() string { return filepath.Join(m.cfg.Root, "pool") }
+
+// claimZygote takes an idle zygote of key, if there is one whose VMM still
+// runs.
+func (m *Manager) claimZygote(key string) *zygote {
+	p := m.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for len(p.idle[key]) > 0 {
+		z := p.idle[key][0]
+		p.idle[key] = p.idle[key][1:]
+		select {
+		case <-z.vm.Done():
+			z.discard()
+			continue
+		default:
+		}
+		return z
+	}
+	return nil
+}
+
+// fillPool makes zygotes of key, restored as spec says (ID, Dir, console
+// and data disk are the zygote's own), until the pool holds PoolSize.
+func (m *Manager) fillPool(key string, spec vmm.Spec) {
+	p := m.pool
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.size <= 0 {
+		return
+	}
+	p.specs[key] = spec
+	for n := len(p.idle[key]) + p.filling[key]; n < p.size; n++ {
+		p.filling[key]++
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			z, err := m.makeZygote(spec)
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			p.filling[key]--
+			switch {
+			case err != nil:
+				m.log.Warn("zygote not made", "snapshot", key, "err", err)
+			case p.closed:
+				z.discard()
+			default:
+				p.idle[key] = append(p.idle[key], z)
+				m.log.Debug("zygote ready", "snapshot", key, "zygote", z.id)
+			}
+		}()
+	}
+}
+
+// makeZygote restores spec's snapshot into a VM of its own and lets it run.
+func (m *Manager) makeZygote(spec vmm.Spec) (*zygote, error) {
+	id := newID()
+	z := &zygote{id: id, dir: filepath.Join(m.poolDir(), id), created: time.Now()}
+	if err := os.MkdirAll(z.dir, 0o750); err != nil {
+		return nil, err
+	}
+	z.console = filepath.Join(z.dir, "console.log")
+	data := filepath.Join(z.dir, "data.ext4")
+	if err := sparseCopy(m.template, data); err != nil {
+		_ = os.RemoveAll(z.dir)
+		return nil, err
+	}
+	spec.ID, spec.Dir, spec.ConsoleLog = id, z.dir, z.console
+	spec.Disks = append([]vmm.Disk(nil), spec.Disks...)
+	spec.Disks[1].Path = data
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+	defer cancel()
+	vm, err := m.cfg.Driver.Start(ctx, spec)
+	if err != nil {
+		_ = os.RemoveAll(z.dir)
+		return nil, err
+	}
+	z.vm = vm
+	if z.ctl, err = vm.DialControl(ctx); err == nil {
+		err = vm.Resume(ctx)
+	}
+	if err != nil {
+		z.discard()
+		return nil, fmt.Errorf("zygote: %w", err)
+	}
+	return z, nil
+}
+
+// discard kills a zygote and removes its files.
+func (z *zygote) discard() {
+	if z.ctl != nil {
+		z.ctl.Close()
+	}
+	if z.vm != nil {
+		_ = z.vm.Kill()
+		<-z.vm.Done()
+	}
+	_ = os.RemoveAll(z.dir)
+}
+
+// closePool kills every idle zygote and waits for those being made.
+func (m *Manager) closePool() {
+	p := m.pool
+	p.mu.Lock()
+	p.closed = true
+	var all []*zygote
+	for _, zs := range p.idle {
+		all = append(all, zs...)
+	}
+	p.idle = map[string][]*zygote{}
+	p.mu.Unlock()
+	for _, z := range all {
+		z.discard()
+	}
+	p.wg.Wait()
+}
+
+// cleanPool removes the zygotes of an earlier daemon: their VMMs were
+// killed as orphans, their files are left.
+func (m *Manager) cleanPool() {
+	ents, err := os.ReadDir(m.poolDir())
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		m.log.Warn("clean pool", "err", err)
+		return
+	}
+	for _, e := range ents {
+		_ = os.RemoveAll(filepath.Join(m.poolDir(), e.Name()))
+	}
+}
