@@ -86,6 +86,9 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 					return fmt.Errorf("--cp-size: %w", err)
 				}
 				f.defaultLayer(&req, true)
+				// No boot snapshot: it would start zygotes in the
+				// background, which would take CPU from the copies.
+				req.ColdBoot = true
 				c, err := a.client()
 				if err != nil {
 					return err
