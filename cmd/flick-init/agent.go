@@ -13,9 +13,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
+
+	"github.com/flick-vm/flick/internal/guest/mux"
+	"github.com/flick-vm/flick/internal/guest/wire"
 )
 
 // agentArg0 is the name PID 1 gives its own binary when it starts it as
@@ -168,7 +170,7 @@ func (a *agent) session(tr transport) error {
 		conn.Close()
 		return err
 	}
-	sess, err := yamux.Server(readWriteCloser{r, conn}, muxConfig())
+	sess, err := yamux.Server(readWriteCloser{r, conn}, mux.Config())
 	if err != nil {
 		conn.Close()
 		return err
@@ -186,19 +188,6 @@ func (a *agent) session(tr transport) error {
 type readWriteCloser struct {
 	io.Reader
 	io.WriteCloser
-}
-
-// muxConfig sizes the session for copies: a window of 1 MiB per stream
-// keeps a 100 MiB copy moving without waiting on every 256 KiB. No
-// keepalives: an idle VM should cost no CPU, and the host learns of a
-// dead agent from PID 1.
-func muxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	c.EnableKeepAlive = false
-	c.MaxStreamWindowSize = 1 << 20
-	c.ConnectionWriteTimeout = 30 * time.Second
-	c.LogOutput = io.Discard
-	return c
 }
 
 // requestTimeout bounds the wait for a stream's request frame.

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/mux"
 	"github.com/flick-vm/flick/internal/guest/wire"
 )
 
@@ -91,7 +92,7 @@ func (c *Client) session(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("handshake: %w", err)
 	}
-	sess, err := yamux.Client(rwc{r, conn}, muxConfig())
+	sess, err := yamux.Client(rwc{r, conn}, mux.Config())
 	if err != nil {
 		return err
 	}
@@ -114,17 +115,6 @@ func (c *Client) session(ctx context.Context) error {
 type rwc struct {
 	io.Reader
 	io.WriteCloser
-}
-
-// muxConfig matches the agent's: no keepalives, 1 MiB stream windows.
-func muxConfig() *yamux.Config {
-	c := yamux.DefaultConfig()
-	c.EnableKeepAlive = false
-	c.MaxStreamWindowSize = 1 << 20
-	c.ConnectionWriteTimeout = 30 * time.Second
-	c.StreamOpenTimeout = 30 * time.Second
-	c.LogOutput = io.Discard
-	return c
 }
 
 // Reset drops the session, as when PID 1 reports that the agent died; Run

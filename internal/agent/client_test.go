@@ -14,6 +14,7 @@ import (
 	"github.com/hashicorp/yamux"
 
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/mux"
 	"github.com/flick-vm/flick/internal/guest/wire"
 )
 
@@ -47,7 +48,7 @@ func (f *fakeAgent) serve(t *testing.T, nonce uint64) {
 		t.Errorf("agent handshake: %v", err)
 		return
 	}
-	sess, err := yamux.Server(rwc{r, conn}, muxConfig())
+	sess, err := yamux.Server(rwc{r, conn}, mux.Config())
 	if err != nil {
 		t.Errorf("yamux server: %v", err)
 		return

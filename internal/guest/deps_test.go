@@ -8,7 +8,7 @@ import (
 
 // TestInitDeps keeps flick-init away from the host side: it may link the
 // standard library, golang.org/x/sys, the wire contract, the tar helpers and
-// yamux (for its agent mode), nothing else, and no net/http, which would
+// yamux with its config (for its agent mode), nothing else, and no net/http, which would
 // double the size of the initramfs that every boot unpacks.
 func TestInitDeps(t *testing.T) {
 	if _, err := exec.LookPath("go"); err != nil {
@@ -22,6 +22,7 @@ func TestInitDeps(t *testing.T) {
 		"github.com/flick-vm/flick/cmd/flick-init":      true,
 		"github.com/flick-vm/flick/internal/guest/wire": true,
 		"github.com/flick-vm/flick/internal/tarx":       true,
+		"github.com/flick-vm/flick/internal/guest/mux":  true,
 		"github.com/hashicorp/yamux":                    true,
 		"golang.org/x/sys/unix":                         true,
 	}

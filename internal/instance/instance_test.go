@@ -11,6 +11,7 @@ import (
 
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/fsutil"
 )
 
 func TestGuestArgs(t *testing.T) {
@@ -147,7 +148,7 @@ func TestSparseCopy(t *testing.T) {
 	f.WriteAt([]byte("tail"), 64<<20-4)
 	f.Close()
 	dst := filepath.Join(dir, "dst")
-	if err := sparseCopy(src, dst); err != nil {
+	if err := fsutil.CopySparse(src, dst, false); err != nil {
 		t.Fatal(err)
 	}
 	a, _ := os.ReadFile(src)

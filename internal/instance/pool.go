@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flick-vm/flick/internal/fsutil"
 	"github.com/flick-vm/flick/internal/vmm"
 )
 
@@ -108,7 +109,7 @@ func (m *Manager) makeZygote(spec vmm.Spec) (*zygote, error) {
 	}
 	z.console = filepath.Join(z.dir, "console.log")
 	data := filepath.Join(z.dir, "data.ext4")
-	if err := sparseCopy(m.template, data); err != nil {
+	if err := fsutil.CopySparse(m.template, data, false); err != nil {
 		_ = os.RemoveAll(z.dir)
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/agent"
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/fsutil"
 	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/vmm"
 )
@@ -225,7 +226,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 	dataDisk := filepath.Join(rec.Dir, "data.ext4")
 	if _, err := os.Stat(dataDisk); errors.Is(err, os.ErrNotExist) {
-		if err := sparseCopy(m.template, dataDisk); err != nil {
+		if err := fsutil.CopySparse(m.template, dataDisk, false); err != nil {
 			return fail(fmt.Errorf("writable layer: %w", err))
 		}
 	}

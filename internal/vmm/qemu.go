@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -18,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/fsutil"
 	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/vmm/qmp"
 )
@@ -303,7 +303,7 @@ func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {
 	if err := v.waitMigration(ctx); err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
-	if err := copySparse(v.ramFile, snap.RAM); err != nil {
+	if err := fsutil.CopySparse(v.ramFile, snap.RAM, true); err != nil {
 		return fmt.Errorf("save snapshot: copy RAM: %w", err)
 	}
 	return nil
@@ -312,50 +312,6 @@ func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {
 // shellQuote quotes s for the sh -c that QEMU's exec: migration runs.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-// copySparse copies src to dst, skipping src's holes, and syncs dst.
-func copySparse(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	fi, err := in.Stat()
-	if err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	if err := out.Truncate(fi.Size()); err != nil {
-		return err
-	}
-	fd := int(in.Fd())
-	var off int64
-	for off < fi.Size() {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break // only a hole is left
-		}
-		if err != nil {
-			return err
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return err
-		}
-		if _, err := out.Seek(data, io.SeekStart); err != nil {
-			return err
-		}
-		if _, err := io.Copy(out, io.NewSectionReader(in, data, hole-data)); err != nil {
-			return err
-		}
-		off = hole
-	}
-	return out.Sync()
 }
 
 // Attach re-connects to a QEMU started by an earlier daemon.
