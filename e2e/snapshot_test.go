@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"fmt"
 	"os"
+	"regexp"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -89,9 +91,10 @@ func TestZygotes(t *testing.T) {
 	// daemon restores a zygote of it in the background.
 	e.must("run", "--rm", "--layer", "memory", busybox, "true")
 	var zygote []int
-	waitFor(t, 30*time.Second, "no zygote was restored after the snapshot's first use", func() bool {
+	waitFor(t, 30*time.Second, "no zygote was ready after the snapshot's first use", func() bool {
+		// A zygote is ready once it has rehearsed, which the daemon logs.
 		zygote = qemuUnder(pool)
-		return len(zygote) == 1
+		return len(zygote) == 1 && e.logged(fmt.Sprintf("zygote ready.*pid=%d", zygote[0]))
 	})
 
 	// The next start claims it: its VMM is the zygote's.
@@ -108,7 +111,7 @@ func TestZygotes(t *testing.T) {
 	idle := 0
 	waitFor(t, 30*time.Second, "the pool did not refill after a claim", func() bool {
 		for _, pid := range qemuUnder(pool) {
-			if pid != in.PID {
+			if pid != in.PID && e.logged(fmt.Sprintf("zygote ready.*pid=%d", pid)) {
 				idle = pid
 			}
 		}
@@ -126,4 +129,10 @@ func TestZygotes(t *testing.T) {
 	if !alive(in.PID) {
 		t.Error("the daemon restart ended the claimed zygote's VM")
 	}
+}
+
+// logged reports whether flickd's log has a line matching pattern.
+func (e *env) logged(pattern string) bool {
+	b, err := os.ReadFile(e.log)
+	return err == nil && regexp.MustCompile(pattern).Match(b)
 }

@@ -17,9 +17,12 @@ import (
 
 func main() {
 	start := bootNS()
-	if filepath.Base(os.Args[0]) == agentArg0 {
+	switch filepath.Base(os.Args[0]) {
+	case agentArg0:
 		agentMain()
 		return
+	case rehearsalArg0:
+		return // the process a rehearsal starts: exec, runtime start, exit
 	}
 	if os.Getpid() != 1 {
 		fmt.Fprintln(os.Stderr, "flick-init: must run as PID 1 of a flick guest")

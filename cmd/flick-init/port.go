@@ -119,6 +119,13 @@ func (p *port) readLoop(signal func(int)) {
 			case p.acks <- struct{}{}:
 			default:
 			}
+		case wire.TypeRehearse:
+			var cfg wire.Config
+			if err := json.Unmarshal(f.Payload, &cfg); err != nil {
+				logf("rehearse frame: %v", err)
+				continue
+			}
+			go rehearse(p, cfg)
 		case wire.TypeConfig:
 			var cfg wire.Config
 			if err := json.Unmarshal(f.Payload, &cfg); err != nil {

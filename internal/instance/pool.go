@@ -2,6 +2,7 @@ package instance
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flick-vm/flick/internal/fsutil"
+	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/vmm"
 )
 
@@ -35,15 +37,16 @@ type zygote struct {
 type pool struct {
 	mu      sync.Mutex
 	size    int
-	idle    map[string][]*zygote // by snapshot key
-	specs   map[string]vmm.Spec  // how to restore one, by key
+	idle    map[string][]*zygote   // by snapshot key
+	specs   map[string]vmm.Spec    // how to restore one, by key
+	drills  map[string]wire.Config // what it rehearses, by key
 	filling map[string]int
 	closed  bool
 	wg      sync.WaitGroup
 }
 
 func newPool(size int) *pool {
-	return &pool{size: size, idle: map[string][]*zygote{}, specs: map[string]vmm.Spec{}, filling: map[string]int{}}
+	return &pool{size: size, idle: map[string][]*zygote{}, specs: map[string]vmm.Spec{}, drills: map[string]wire.Config{}, filling: map[string]int{}}
 }
 
 func (m *Manager) poolDir() string { return filepath.Join(m.cfg.Root, "pool") }
@@ -69,8 +72,9 @@ func (m *Manager) claimZygote(key string) *zygote {
 }
 
 // fillPool makes zygotes of key, restored as spec says (ID, Dir, console
-// and data disk are the zygote's own), until the pool holds PoolSize.
-func (m *Manager) fillPool(key string, spec vmm.Spec) {
+// and data disk are the zygote's own) and rehearsed with drill, until the
+// pool holds PoolSize.
+func (m *Manager) fillPool(key string, spec vmm.Spec, drill wire.Config) {
 	p := m.pool
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -78,12 +82,13 @@ func (m *Manager) fillPool(key string, spec vmm.Spec) {
 		return
 	}
 	p.specs[key] = spec
+	p.drills[key] = drill
 	for n := len(p.idle[key]) + p.filling[key]; n < p.size; n++ {
 		p.filling[key]++
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			z, err := m.makeZygote(spec)
+			z, err := m.makeZygote(spec, drill)
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			p.filling[key]--
@@ -94,14 +99,15 @@ func (m *Manager) fillPool(key string, spec vmm.Spec) {
 				z.discard()
 			default:
 				p.idle[key] = append(p.idle[key], z)
-				m.log.Debug("zygote ready", "snapshot", key, "zygote", z.id)
+				m.log.Info("zygote ready", "snapshot", key, "zygote", z.id, "pid", z.vm.Handle().PID)
 			}
 		}()
 	}
 }
 
-// makeZygote restores spec's snapshot into a VM of its own and lets it run.
-func (m *Manager) makeZygote(spec vmm.Spec) (*zygote, error) {
+// makeZygote restores spec's snapshot into a VM of its own, lets it run
+// and has it rehearse a start with drill.
+func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) {
 	id := newID()
 	z := &zygote{id: id, dir: filepath.Join(m.poolDir(), id), created: time.Now()}
 	if err := os.MkdirAll(z.dir, 0o750); err != nil {
@@ -127,11 +133,38 @@ func (m *Manager) makeZygote(spec vmm.Spec) (*zygote, error) {
 	if z.ctl, err = vm.DialControl(ctx); err == nil {
 		err = vm.Resume(ctx)
 	}
+	if err == nil {
+		err = rehearse(ctx, z.ctl, drill)
+	}
 	if err != nil {
 		z.discard()
 		return nil, fmt.Errorf("zygote: %w", err)
 	}
 	return z, nil
+}
+
+// rehearse has the guest on ctl go through a start with drill and waits
+// for it to say it did.
+func rehearse(ctx context.Context, ctl net.Conn, drill wire.Config) error {
+	drill.Hostname = "zygote"
+	drill.TimeNS = time.Now().UnixNano()
+	payload, _ := json.Marshal(drill)
+	dl, _ := ctx.Deadline()
+	_ = ctl.SetDeadline(dl)
+	defer ctl.SetDeadline(time.Time{})
+	if err := wire.WriteFrame(ctl, wire.TypeRehearse, payload); err != nil {
+		return fmt.Errorf("rehearse: %w", err)
+	}
+	for {
+		f, err := wire.ReadFrame(ctl)
+		if err != nil {
+			return fmt.Errorf("rehearse: %w", err)
+		}
+		var ev wire.Event
+		if f.Type == wire.TypeEvent && json.Unmarshal(f.Payload, &ev) == nil && ev.Kind == wire.EventRehearsed {
+			return nil
+		}
+	}
 }
 
 // discard kills a zygote and removes its files.

@@ -397,7 +397,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		if s, ok := m.lookupSnapshot(snapKey); ok {
 			spec := b.spec
 			spec.Restore, spec.GuestConfig, spec.KeepRAM = &s.snap, s.boot, false
-			m.fillPool(snapKey, spec)
+			m.fillPool(snapKey, spec, gc)
 		}
 	}
 	return m.view(in), nil

@@ -85,6 +85,13 @@ const (
 	TypeSignal byte = 5 // payload: one byte, the signal number, for the app
 	TypeAck    byte = 6 // payload: empty; answers an Event of kind "exited"
 	TypeConfig byte = 7 // host to guest: JSON Config, for a guest that awaits it
+	// TypeRehearse (host to guest, JSON Config) makes a guest that awaits
+	// its config go through what a start does with one, short of running
+	// an app, and answer with an Event of kind "rehearsed". A VM restored
+	// from a snapshot has no translated code under TCG; one that rehearsed
+	// starts its app without translating flick-init's and the kernel's
+	// paths again.
+	TypeRehearse byte = 8
 )
 
 // AckTimeout is how long flick-init waits for the host's Ack before it
@@ -110,6 +117,8 @@ const (
 	// EventAgentExited says the guest agent died; PID 1 starts a new one,
 	// which the host must handshake with again.
 	EventAgentExited = "agent_exited"
+	// EventRehearsed answers TypeRehearse.
+	EventRehearsed = "rehearsed"
 )
 
 // Event reports progress of the app's life. After "exited" or "failed"

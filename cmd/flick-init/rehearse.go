@@ -1,0 +1,72 @@
+package main
+
+import (
+	"syscall"
+	"time"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"golang.org/x/sys/unix"
+)
+
+// prefetchMax bounds how much of the app's binary a rehearsal reads.
+const prefetchMax = 16 << 20
+
+// prefetch reads the start of the app's binary into the page cache, which
+// the exec would otherwise read from the image's disk page by page.
+func prefetch(root rootDir, path string) {
+	f, err := root.open(path, unix.O_RDONLY, 0)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	buf := make([]byte, 256<<10)
+	for n := 0; n < prefetchMax; {
+		c, err := f.Read(buf)
+		n += c
+		if err != nil {
+			return
+		}
+	}
+}
+
+// rehearsalArg0 is the name of the process a rehearsal starts.
+const rehearsalArg0 = "flick-rehearsal"
+
+// rehearse goes through the steps of a start with cfg, short of running an
+// app: set the clock and reseed, name the host, resolve the app in its
+// root and read its binary, start and reap a process, report. It runs in a zygote, whose
+// restored VM has no translated code under TCG, so that the start that
+// claims it finds these paths translated. Whatever it changes, the real
+// config sets again.
+func rehearse(p *port, cfg wire.Config) {
+	t0 := time.Now()
+	applyHostState(cfg)
+	if root, err := openRootDir(newRoot); err == nil {
+		if err := setHostname(root, cfg.Hostname); err != nil {
+			logf("rehearse: %v", err)
+		}
+		if len(cfg.Args) > 0 {
+			if l, err := planApp(root, cfg); err == nil {
+				prefetch(root, l.argv0)
+			}
+		}
+		unix.Close(root.fd)
+	}
+	kids.mu.Lock()
+	pid, err := syscall.ForkExec("/init", []string{rehearsalArg0}, &syscall.ProcAttr{
+		Env:   []string{"PATH=" + defaultPath},
+		Files: []uintptr{uintptr(unix.Stdin), uintptr(unix.Stderr), uintptr(unix.Stderr)},
+		Sys:   &syscall.SysProcAttr{Setsid: true},
+	})
+	var exit <-chan unix.WaitStatus
+	if err == nil {
+		exit = kids.watchLocked(pid)
+	}
+	kids.mu.Unlock()
+	if err == nil {
+		<-exit
+	} else {
+		logf("rehearse: %v", err)
+	}
+	p.event(wire.Event{Kind: wire.EventRehearsed, Message: time.Since(t0).String()})
+}
