@@ -343,6 +343,20 @@ func (c *Client) InstanceRestart(ctx context.Context, id string, timeout int) (I
 	return inst, err
 }
 
+// InstanceStandby saves a running instance and ends its VM.
+func (c *Client) InstanceStandby(ctx context.Context, id string) (Instance, error) {
+	var in Instance
+	err := c.doJSON(ctx, "POST", instancePath(id, "standby"), nil, nil, &in)
+	return in, err
+}
+
+// InstanceResume starts a standing-by instance from its saved state.
+func (c *Client) InstanceResume(ctx context.Context, id string) (Instance, error) {
+	var in Instance
+	err := c.doJSON(ctx, "POST", instancePath(id, "resume"), nil, nil, &in)
+	return in, err
+}
+
 // InstanceWait blocks until the instance is not running and returns its
 // exit code.
 func (c *Client) InstanceWait(ctx context.Context, id string) (WaitResponse, error) {

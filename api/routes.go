@@ -32,6 +32,8 @@ var Routes = []Route{
 	{"instanceStop", "POST", "/v1/instances/{id}/stop"},
 	{"instanceKill", "POST", "/v1/instances/{id}/kill"},
 	{"instanceRestart", "POST", "/v1/instances/{id}/restart"},
+	{"instanceStandby", "POST", "/v1/instances/{id}/standby"},
+	{"instanceResume", "POST", "/v1/instances/{id}/resume"},
 	{"instanceWait", "POST", "/v1/instances/{id}/wait"},
 	{"instanceRemove", "DELETE", "/v1/instances/{id}"},
 	{"instanceLogs", "GET", "/v1/instances/{id}/logs"},

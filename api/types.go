@@ -12,6 +12,9 @@ const (
 	StateStopping = "stopping"
 	StateExited   = "exited"
 	StateFailed   = "failed"
+	// StateStandby is an instance whose VM was saved, memory and devices,
+	// and ended: no CPU and no RAM until it is resumed.
+	StateStandby = "standby"
 )
 
 // Boot phases, in the order they happen. Every start records each of them
@@ -37,6 +40,7 @@ const (
 const (
 	StartCold     = "cold"     // booted the kernel
 	StartSnapshot = "snapshot" // restored the image's boot snapshot
+	StartResume   = "resume"   // restored the instance's own standby state
 )
 
 // Phases lists the boot phases that every start records, in order;

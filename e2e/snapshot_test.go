@@ -3,8 +3,8 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"regexp"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -135,4 +135,51 @@ func TestZygotes(t *testing.T) {
 func (e *env) logged(pattern string) bool {
 	b, err := os.ReadFile(e.log)
 	return err == nil && regexp.MustCompile(pattern).Match(b)
+}
+
+func TestStandbyResume(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	// A counter in a process, and a file in the memory layer: both live
+	// only in the VM's memory.
+	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
+		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
+	count := func() int {
+		r := e.run("exec", "c", "cat", "/tmp/count")
+		n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+		return n
+	}
+	waitFor(t, 20*time.Second, "the counter never passed 3", func() bool { return count() > 3 })
+	before, _ := e.inspect("c")
+	saved := count()
+	e.must("standby", "c")
+	if in, _ := e.inspect("c"); in.State != api.StateStandby || alive(before.PID) {
+		t.Fatalf("after standby: state %q, VMM %d alive %v; want standby and no VMM", in.State, before.PID, alive(before.PID))
+	}
+	e.fails(125, []string{"exec", "c", "true"}, "not running")
+	e.fails(125, []string{"standby", "c"}, "not running")
+
+	// It stands by across a daemon restart, then resumes where it was.
+	e.killDaemon()
+	e.startDaemon()
+	if in, _ := e.inspect("c"); in.State != api.StateStandby {
+		t.Fatalf("after a daemon restart: state %q, want standby", in.State)
+	}
+	e.must("resume", "c")
+	in, _ := e.inspect("c")
+	if in.State != api.StateRunning || in.StartMode != api.StartResume {
+		t.Errorf("after resume: state %q mode %q, want running and resume", in.State, in.StartMode)
+	}
+	r := e.must("exec", "c", "sh", "-c", "cat /tmp/note; date +%s")
+	f := strings.Fields(r.stdout)
+	if len(f) != 2 || f[0] != "kept" {
+		t.Errorf("after resume the memory layer holds %q, want kept", r.stdout)
+	} else if sec, _ := strconv.ParseInt(f[1], 10, 64); time.Since(time.Unix(sec, 0)).Abs() > 30*time.Second {
+		t.Errorf("after resume the guest clock says %s, the host %d", f[1], time.Now().Unix())
+	}
+	// The same counter goes on from where it stood, not from 0.
+	if n := count(); n < saved {
+		t.Errorf("after resume the counter is %d, below the %d it had at standby", n, saved)
+	}
+	waitFor(t, 20*time.Second, "the counter does not go on after resume", func() bool { return count() > saved+3 })
 }

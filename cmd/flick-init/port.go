@@ -119,6 +119,11 @@ func (p *port) readLoop(signal func(int)) {
 			case p.acks <- struct{}{}:
 			default:
 			}
+		case wire.TypeClock:
+			var c wire.Clock
+			if json.Unmarshal(f.Payload, &c) == nil {
+				applyHostState(wire.Config{TimeNS: c.TimeNS})
+			}
 		case wire.TypeRehearse:
 			var cfg wire.Config
 			if err := json.Unmarshal(f.Payload, &cfg); err != nil {

@@ -400,6 +400,34 @@ func (a *app) stopCommand() *cobra.Command {
 		})
 }
 
+func (a *app) standbyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "standby NAME...",
+		Short: "Save running instances, memory and devices, and end their VMs until resume",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.forEach(args, true, func(c *api.Client, n string) error {
+				_, err := c.InstanceStandby(a.ctx, n)
+				return err
+			})
+		},
+	}
+}
+
+func (a *app) resumeCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume NAME...",
+		Short: "Resume standing-by instances from their saved state",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.forEach(args, true, func(c *api.Client, n string) error {
+				_, err := c.InstanceResume(a.ctx, n)
+				return err
+			})
+		},
+	}
+}
+
 func (a *app) restartCommand() *cobra.Command {
 	return a.timedCommand("restart [-t N] NAME...", "Restart instances",
 		func(c *api.Client, n string, t int) error {

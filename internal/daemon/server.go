@@ -65,6 +65,8 @@ func New(cfg Config) *Server {
 		"instanceStop":    s.instanceStop,
 		"instanceKill":    s.instanceKill,
 		"instanceRestart": s.instanceRestart,
+		"instanceStandby": s.instanceStandby,
+		"instanceResume":  s.instanceResume,
 		"instanceWait":    s.instanceWait,
 		"instanceRemove":  s.instanceRemove,
 		"instanceLogs":    s.instanceLogs,
@@ -380,6 +382,24 @@ func (s *Server) instanceRestart(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	inst, err := s.instances.Restart(r.Context(), r.PathValue("id"), timeout)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, inst)
+}
+
+func (s *Server) instanceStandby(w http.ResponseWriter, r *http.Request) {
+	inst, err := s.instances.Standby(r.Context(), r.PathValue("id"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, inst)
+}
+
+func (s *Server) instanceResume(w http.ResponseWriter, r *http.Request) {
+	inst, err := s.instances.Resume(r.Context(), r.PathValue("id"))
 	if err != nil {
 		writeError(w, err)
 		return

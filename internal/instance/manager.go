@@ -111,6 +111,9 @@ type inst struct {
 func (in *inst) logPath() string     { return filepath.Join(in.rec.Dir, "app.log") }
 func (in *inst) consolePath() string { return filepath.Join(in.rec.Dir, "console.log") }
 
+// standbyPath is where a standby saves the VM.
+func (in *inst) standbyPath() string { return filepath.Join(in.rec.Dir, "standby.state") }
+
 // notify wakes everyone waiting for a change of this instance; in.mu held.
 func (in *inst) notifyLocked() {
 	close(in.changed)

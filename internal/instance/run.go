@@ -37,6 +37,7 @@ type running struct {
 	mu       sync.Mutex
 	exit     *wire.Event // the "exited" or "failed" event, once it came
 	killed   bool        // the host ended the VMM itself
+	standby  bool        // the host ended the VMM after saving it
 	detached bool        // the daemon is going away; the VM goes on
 
 	exitOnce sync.Once
@@ -296,14 +297,27 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	if restore != nil && gc.WritableLayer == wire.LayerMemory {
 		zyg = m.claimZygote(snapKey)
 	}
+	// An instance standing by resumes from its own saved state.
+	resume := ""
+	if st := in.standbyPath(); fileExists(st) {
+		resume, restore, zyg, snapKey = st, nil, nil, ""
+	}
 	var r *running
 	var logs *logWriter
 	for {
-		b.restore, b.snapKey, b.zygote = restore, "", zyg
+		b.restore, b.snapKey, b.zygote, b.resume = restore, "", zyg, resume
 		if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 			return fail(err)
 		}
 		switch {
+		case resume != "":
+			// The boot config of the VM's first start is gone with its
+			// run directory; fw_cfg needs the item, not its bytes.
+			if err := writeConfig(wire.Config{AwaitConfig: true}); err != nil {
+				return fail(err)
+			}
+			b.spec.GuestConfig = cfgPath
+			b.spec.Restore = &vmm.Snapshot{State: resume}
 		case restore != nil:
 			b.spec.GuestConfig = restore.boot
 			b.spec.Restore = &restore.snap
@@ -331,6 +345,9 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		r, logs, t, err = m.boot(ctx, in, b, t, mark)
 		if err == nil {
 			break
+		}
+		if resume != "" {
+			return fail(fmt.Errorf("resume: %w", err))
 		}
 		if zyg != nil && ctx.Err() == nil && !errors.Is(err, errGuestFailed) {
 			// A zygote that died waiting: restore a VM of our own.
@@ -377,7 +394,11 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.mu.Lock()
 	in.run = r
 	in.rec.StartMode = api.StartCold
-	if b.restore != nil {
+	switch {
+	case b.resume != "":
+		in.rec.StartMode = api.StartResume
+		_ = os.Remove(b.resume)
+	case b.restore != nil:
 		in.rec.StartMode = api.StartSnapshot
 	}
 	in.rec.State = api.StateRunning
@@ -443,9 +464,21 @@ func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
 	r.closeChannels()
 	logs.close()
 	r.mu.Lock()
-	exit, killed := r.exit, r.killed
+	exit, killed, standby := r.exit, r.killed, r.standby
 	r.mu.Unlock()
 	_ = os.RemoveAll(in.rec.RunDir)
+	if standby {
+		in.mu.Lock()
+		in.run = nil
+		in.rec.Handle = nil
+		in.rec.State = api.StateStandby
+		m.persistLocked(in)
+		in.notifyLocked()
+		in.mu.Unlock()
+		close(r.finished)
+		m.log.Info("standing by", "vm", in.rec.ID, "name", in.rec.Name)
+		return
+	}
 	now := time.Now().UTC()
 	in.mu.Lock()
 	in.run = nil
@@ -738,6 +771,7 @@ type bootPlan struct {
 	restore *bootSnapshot // restore this instead of booting
 	snapKey string        // save a boot snapshot under this key
 	zygote  *zygote       // a VM already restored from restore, to claim
+	resume  string        // the instance's standby state to resume from
 }
 
 // boot brings up the VM of b until its app runs, marking the phases: vmm,
@@ -768,7 +802,7 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 			return nil, nil, t, err
 		}
 	}
-	if b.restore != nil {
+	if b.restore != nil || b.resume != "" {
 		t = mark(api.PhaseRestore, t)
 	}
 	r := newRunning(vm)
@@ -812,6 +846,14 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 		if err := vm.Resume(ctx); err != nil {
 			return rollback(err)
 		}
+	}
+	if b.resume != "" {
+		// The app has been running all along; only the clock is behind.
+		payload, _ := json.Marshal(wire.Clock{TimeNS: time.Now().UnixNano()})
+		if err := r.send(wire.TypeClock, payload); err != nil {
+			return rollback(fmt.Errorf("set the guest clock: %w", err))
+		}
+		return r, logs, t, nil
 	}
 	if b.restore == nil {
 		t = mark(api.PhaseVMM, t)
@@ -911,4 +953,79 @@ func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error
 	}
 	m.log.Info("boot snapshot saved", "snapshot", b.snapKey, "image", b.digest)
 	return nil
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}
+
+// Standby saves a running instance's VM, memory and devices, into its
+// directory and ends the VMM: the instance stands by with no CPU and no RAM
+// until it is resumed (Resume, or Start). If the save fails (a full disk)
+// the instance goes on running.
+func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	in.mu.Lock()
+	r, state, name := in.run, in.rec.State, in.rec.Name
+	in.mu.Unlock()
+	if r == nil || state != api.StateRunning {
+		return m.view(in), errdefs.Conflict("instance %s is %s, not running: only a running instance can stand by", name, state)
+	}
+	path := in.standbyPath()
+	tmp := path + ".tmp"
+	save := func() error {
+		if err := r.vm.SaveSnapshot(ctx, vmm.Snapshot{State: tmp}); err != nil {
+			return err
+		}
+		f, err := os.Open(tmp)
+		if err != nil {
+			return err
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return err
+		}
+		return os.Rename(tmp, path)
+	}
+	if err := save(); err != nil {
+		_ = os.Remove(tmp)
+		if rerr := r.vm.Resume(context.WithoutCancel(ctx)); rerr != nil {
+			return m.view(in), fmt.Errorf("standby %s: %v; and the VM did not resume: %w", name, err, rerr)
+		}
+		return m.view(in), fmt.Errorf("standby %s: %w (it goes on running)", name, err)
+	}
+	r.mu.Lock()
+	r.standby = true
+	r.mu.Unlock()
+	_ = r.vm.Kill()
+	select {
+	case <-r.finished:
+	case <-ctx.Done():
+		return m.view(in), ctx.Err()
+	}
+	return m.view(in), nil
+}
+
+// Resume starts an instance that stands by from its saved state.
+func (m *Manager) Resume(ctx context.Context, ref string) (api.Instance, error) {
+	in, err := m.lookup(ref)
+	if err != nil {
+		return api.Instance{}, err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	in.mu.Lock()
+	state, name := in.rec.State, in.rec.Name
+	in.mu.Unlock()
+	if state != api.StateStandby {
+		return m.view(in), errdefs.Conflict("instance %s is %s, not standing by", name, state)
+	}
+	return m.startLocked(context.WithoutCancel(ctx), in)
 }

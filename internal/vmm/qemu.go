@@ -140,7 +140,7 @@ func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 // privately: pages are read from it on first touch and copied on write,
 // and the file is never written.
 func ramObject(spec Spec, mem int, ramFile string) string {
-	if spec.Restore != nil {
+	if spec.Restore != nil && spec.Restore.RAM != "" {
 		return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=off", mem, spec.Restore.RAM)
 	}
 	return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", mem, ramFile)
@@ -224,7 +224,7 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 	}
 	vm.handle.StartTime, _ = procStartTime(vm.handle.PID)
 	if spec.Restore != nil {
-		if err := vm.incoming(ctx, spec.Restore.State); err != nil {
+		if err := vm.incoming(ctx, *spec.Restore); err != nil {
 			_ = vm.Kill()
 			<-vm.done
 			return nil, fmt.Errorf("restore snapshot: %w; console: %s", err, lastLines(spec.ConsoleLog, 3))
@@ -233,17 +233,20 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 	return vm, nil
 }
 
-// ignoreShared keeps guest RAM out of the migration stream: it lives in
-// the RAM file, which a snapshot copies and a restore maps.
-var ignoreShared = map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": true}}}
+// ignoreShared keeps guest RAM out of the migration stream (on), where it
+// lives in the RAM file that a snapshot copies and a restore maps, or puts
+// it in (off).
+func ignoreShared(on bool) map[string]any {
+	return map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}
+}
 
-// incoming loads the device state of a snapshot into a VM started with
-// -incoming defer; the VM stays paused.
-func (v *qemuVM) incoming(ctx context.Context, state string) error {
-	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+// incoming loads a snapshot into a VM started with -incoming defer; the VM
+// stays paused.
+func (v *qemuVM) incoming(ctx context.Context, snap Snapshot) error {
+	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared(snap.RAM != "")); err != nil {
 		return err
 	}
-	if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(state)}); err != nil {
+	if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(snap.State)}); err != nil {
 		return err
 	}
 	return v.waitMigration(ctx)
@@ -288,13 +291,13 @@ func (v *qemuVM) Moved(dir string) {
 // SaveSnapshot stops the vCPUs, writes the device state (RAM excluded) to
 // snap.State and copies the RAM file, holes kept, to snap.RAM.
 func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {
-	if v.ramFile == "" {
+	if snap.RAM != "" && v.ramFile == "" {
 		return errors.New("save snapshot: the VM was not started with KeepRAM")
 	}
 	if _, err := v.qmp.Execute(ctx, "stop", nil); err != nil {
 		return fmt.Errorf("save snapshot: stop: %w", err)
 	}
-	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared); err != nil {
+	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared(snap.RAM != "")); err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
 	if _, err := v.qmp.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(snap.State)}); err != nil {
@@ -302,6 +305,9 @@ func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {
 	}
 	if err := v.waitMigration(ctx); err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
+	}
+	if snap.RAM == "" {
+		return nil
 	}
 	if err := fsutil.CopySparse(v.ramFile, snap.RAM, true); err != nil {
 		return fmt.Errorf("save snapshot: copy RAM: %w", err)

@@ -43,7 +43,9 @@ type Spec struct {
 }
 
 // Snapshot is a saved VM: its guest RAM (mapped copy-on-write by every
-// restore, never written) and its device state.
+// restore, never written) and its device state. With RAM empty the guest's
+// memory is in the State stream, as for a standby: a restore loads it into
+// a RAM file of the VM's own.
 type Snapshot struct {
 	RAM   string `json:"ram"`
 	State string `json:"state"`
@@ -87,7 +89,8 @@ type VM interface {
 	// dir: its sockets are found there from now on.
 	Moved(dir string)
 	// SaveSnapshot pauses the VM and writes its RAM and device state to
-	// snap's files; the VM stays paused. It needs Spec.KeepRAM.
+	// snap's files; the VM stays paused. A separate RAM file needs
+	// Spec.KeepRAM; with snap.RAM empty the memory goes into the state.
 	SaveSnapshot(ctx context.Context, snap Snapshot) error
 	// DialControl connects to flick-init's channel: the boot sequence, the
 	// app's output and its exit.

@@ -17,6 +17,7 @@ import (
 // messages, "FLK\x01", a kind byte, three zero bytes and an 8-byte nonce
 // chosen by the agent:
 //
+//	host:  RESET, once, to end a session the agent may still be in
 //	agent: SYN(n), repeated every resend until answered
 //	host:  ACK(n), once per nonce, after skipping anything that is not a SYN
 //	agent: READY(n), after skipping anything that is not ACK(n)
@@ -32,6 +33,12 @@ const (
 	hsSyn   = 'S'
 	hsAck   = 'A'
 	hsReady = 'R'
+	// hsReset, sent by the host first, ends a session that the agent still
+	// believes in (as after a resume from standby, when the guest never saw
+	// its host go): the agent's yamux reads it as a frame of a protocol it
+	// does not speak and drops the session. An agent in the handshake
+	// skips it like any other byte.
+	hsReset = 'X'
 )
 
 func hsMessage(kind byte, nonce uint64) []byte {
@@ -138,6 +145,9 @@ func AgentHandshake(rw io.ReadWriter, nonce uint64, resend, retry time.Duration,
 // newest SYN and returns once READY arrives, with a reader that starts right
 // after it. Deadlines are the caller's, set on the connection.
 func HostHandshake(r io.Reader, w io.Writer) (io.Reader, error) {
+	if _, err := w.Write(hsMessage(hsReset, 0)); err != nil {
+		return nil, err
+	}
 	s := &hsScanner{r: bufio.NewReaderSize(r, 64<<10)}
 	var acked uint64
 	var have bool

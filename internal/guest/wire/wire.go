@@ -92,7 +92,15 @@ const (
 	// starts its app without translating flick-init's and the kernel's
 	// paths again.
 	TypeRehearse byte = 8
+	// TypeClock (host to guest, JSON Clock) sets the guest's wall clock, as
+	// after a resume from standby.
+	TypeClock byte = 9
 )
+
+// Clock is the payload of TypeClock.
+type Clock struct {
+	TimeNS int64 `json:"time_ns"`
+}
 
 // AckTimeout is how long flick-init waits for the host's Ack before it
 // powers off anyway.
