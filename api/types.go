@@ -34,6 +34,9 @@ const (
 	// (they have no kernel phase).
 	PhaseSnapshot = "snapshot"
 	PhaseRestore  = "restore"
+	// PhaseQueue is the wait for a boot slot, before the image phase, when
+	// the daemon was already starting as many VMs as it lets run at once.
+	PhaseQueue = "queue"
 )
 
 // Start modes: how an instance's VM came up.

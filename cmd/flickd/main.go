@@ -28,6 +28,7 @@ func main() {
 	flag.StringVar(&cfg.TCGCPU, "tcg-cpu", vmm.DefaultTCGCPU, "QEMU CPU model for guests under TCG (e.g. max for every feature QEMU emulates)")
 	flag.DurationVar(&cfg.BootTimeout, "boot-timeout", 30*time.Second, "how long a guest may take to start its app")
 	flag.BoolVar(&cfg.NoSnapshots, "no-snapshots", false, "boot every instance cold: take and restore no boot snapshots")
+	flag.IntVar(&cfg.BootSlots, "boot-slots", 0, "VMs that may be starting at once, further starts queue (default twice the CPUs)")
 	flag.IntVar(&cfg.PoolSize, "pool-size", 1, "zygotes (VMs restored ahead of time, idle) to keep per boot snapshot in use, for starts with a layer in memory; 0 for none")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")

@@ -33,7 +33,9 @@ type RunConfig struct {
 	NoSnapshots bool
 	// PoolSize is how many zygotes to keep per boot snapshot in use.
 	PoolSize int
-	Logger   *slog.Logger
+	// BootSlots is how many VMs may start at once; 0 means twice the CPUs.
+	BootSlots int
+	Logger    *slog.Logger
 }
 
 // Run wires the daemon's parts together and serves until ctx ends. VMs
@@ -76,6 +78,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		Snapshots:   !cfg.NoSnapshots,
 		SnapshotTag: qv + " " + cfg.TCGCPU,
 		PoolSize:    cfg.PoolSize,
+		BootSlots:   cfg.BootSlots,
 	})
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"sort"
 	"strings"
 	"sync"
@@ -58,6 +59,9 @@ type Config struct {
 	// PoolSize is how many zygotes (VMs restored ahead of time) the
 	// daemon keeps per boot snapshot in use; 0 keeps none.
 	PoolSize int
+	// BootSlots is how many VMs may be starting at once (zygotes being
+	// made included); further starts queue. Default twice the CPUs.
+	BootSlots int
 
 	BootTimeout   time.Duration // default 30 s
 	DataSizeMiB   int           // size of each writable layer, default 2048
@@ -73,7 +77,8 @@ type Manager struct {
 	mu  sync.Mutex
 	all map[string]*inst // by id
 
-	pool *pool
+	pool  *pool
+	slots chan struct{} // boot slots, see bootSlot
 
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -144,6 +149,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.DefaultMemMiB == 0 {
 		cfg.DefaultMemMiB = 128
 	}
+	if cfg.BootSlots <= 0 {
+		cfg.BootSlots = 2 * runtime.NumCPU()
+	}
 	for _, d := range []string{filepath.Join(cfg.Root, "instances"), cfg.RunDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, err
@@ -153,7 +161,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSize)}
+	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSize), slots: make(chan struct{}, cfg.BootSlots)}
 	m.cleanSnapshots()
 	var recs []record
 	err = cfg.DB.View(func(tx *store.Tx) error {

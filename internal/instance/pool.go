@@ -122,6 +122,12 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 	spec.ID, spec.Dir, spec.ConsoleLog = id, z.dir, z.console
 	spec.Disks = append([]vmm.Disk(nil), spec.Disks...)
 	spec.Disks[1].Path = data
+	release, err := m.bootSlot(context.Background())
+	if err != nil {
+		_ = os.RemoveAll(z.dir)
+		return nil, err
+	}
+	defer release()
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
 	defer cancel()
 	vm, err := m.cfg.Driver.Start(ctx, spec)
