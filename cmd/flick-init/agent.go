@@ -210,7 +210,7 @@ func (a *agent) serve(st net.Conn) {
 	case wire.OpExec:
 		a.exec(st, req.Exec)
 	case wire.OpStat:
-		a.stat(st, req.Path)
+		a.stat(st, guestPath(req.Path))
 	case wire.OpArchiveGet:
 		a.archiveGet(st, req.Path)
 	case wire.OpArchivePut:

@@ -51,26 +51,26 @@ func pathResult(p string, err error) wire.Result {
 	return wire.Result{Status: 500, Error: err.Error()}
 }
 
-func (a *agent) stat(st net.Conn, p string) {
-	p = guestPath(p)
+// stat answers with the stat of p and returns it, or nil when there is
+// none (the answer then says why).
+func (a *agent) stat(st net.Conn, p string) *wire.PathStat {
 	s, err := statOf(p)
 	if err != nil {
 		sendResult(st, pathResult(p, err))
-		return
+		return nil
 	}
 	sendResult(st, wire.Result{Stat: s})
+	return s
 }
 
 // archiveGet answers with the stat of p, then streams p as a tar whose top
 // entry is p's base name, and ends the stream.
 func (a *agent) archiveGet(st net.Conn, p string) {
 	p = guestPath(p)
-	s, err := statOf(p)
-	if err != nil {
-		sendResult(st, pathResult(p, err))
+	s := a.stat(st, p)
+	if s == nil {
 		return
 	}
-	sendResult(st, wire.Result{Stat: s})
 	name := s.Name
 	if p == "/" {
 		name = "."

@@ -31,22 +31,19 @@ type zygote struct {
 	vm      vmm.VM
 	ctl     net.Conn // flick-init's channel, dialled before the restore resumed
 	console string
-	created time.Time
 }
 
 type pool struct {
 	mu      sync.Mutex
 	size    int
-	idle    map[string][]*zygote   // by snapshot key
-	specs   map[string]vmm.Spec    // how to restore one, by key
-	drills  map[string]wire.Config // what it rehearses, by key
+	idle    map[string][]*zygote // by snapshot key
 	filling map[string]int
 	closed  bool
 	wg      sync.WaitGroup
 }
 
 func newPool(size int) *pool {
-	return &pool{size: size, idle: map[string][]*zygote{}, specs: map[string]vmm.Spec{}, drills: map[string]wire.Config{}, filling: map[string]int{}}
+	return &pool{size: size, idle: map[string][]*zygote{}, filling: map[string]int{}}
 }
 
 func (m *Manager) poolDir() string { return filepath.Join(m.cfg.Root, "pool") }
@@ -81,8 +78,6 @@ func (m *Manager) fillPool(key string, spec vmm.Spec, drill wire.Config) {
 	if p.closed || p.size <= 0 {
 		return
 	}
-	p.specs[key] = spec
-	p.drills[key] = drill
 	for n := len(p.idle[key]) + p.filling[key]; n < p.size; n++ {
 		p.filling[key]++
 		p.wg.Add(1)
@@ -109,7 +104,7 @@ func (m *Manager) fillPool(key string, spec vmm.Spec, drill wire.Config) {
 // and has it rehearse a start with drill.
 func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) {
 	id := newID()
-	z := &zygote{id: id, dir: filepath.Join(m.poolDir(), id), created: time.Now()}
+	z := &zygote{id: id, dir: filepath.Join(m.poolDir(), id)}
 	if err := os.MkdirAll(z.dir, 0o750); err != nil {
 		return nil, err
 	}

@@ -427,8 +427,14 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	m.wg.Add(1)
 	go m.monitor(in, r, logs)
 	if snapKey != "" && gc.WritableLayer == wire.LayerMemory {
-		// The snapshot is in use: keep zygotes of it ready.
-		if s, ok := m.lookupSnapshot(snapKey); ok {
+		// The snapshot is in use (restored, or saved by this start): keep
+		// zygotes of it ready. It was checked on the way in; a zygote that
+		// fails to restore is dropped by fillPool.
+		s := b.restore
+		if s == nil {
+			s = m.snapshotFiles(snapKey)
+		}
+		if fileExists(filepath.Join(s.dir, "meta.json")) {
 			spec := b.spec
 			spec.Restore, spec.GuestConfig, spec.KeepRAM = &s.snap, s.boot, false
 			m.fillPool(snapKey, spec, gc)

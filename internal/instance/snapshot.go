@@ -63,19 +63,26 @@ func (m *Manager) snapKey(kernel, digest, layer string, memMiB, cpus int, accel,
 	return hex.EncodeToString(h.Sum(nil))[:24], nil
 }
 
+// snapshotFiles names the files of the snapshot of key, whether or not
+// they are there.
+func (m *Manager) snapshotFiles(key string) *bootSnapshot {
+	dir := filepath.Join(m.snapDir(), key)
+	return &bootSnapshot{
+		dir:  dir,
+		snap: vmm.Snapshot{RAM: filepath.Join(dir, "ram"), State: filepath.Join(dir, "state")},
+		boot: filepath.Join(dir, "boot.json"),
+	}
+}
+
 // lookupSnapshot returns the snapshot of key if it is there and whole: its
 // RAM file has the size it was saved with and its device state the same
 // checksum. A damaged one is removed.
 func (m *Manager) lookupSnapshot(key string) (*bootSnapshot, bool) {
-	dir := filepath.Join(m.snapDir(), key)
+	s := m.snapshotFiles(key)
+	dir := s.dir
 	b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
 	if err != nil {
 		return nil, false
-	}
-	s := &bootSnapshot{
-		dir:  dir,
-		snap: vmm.Snapshot{RAM: filepath.Join(dir, "ram"), State: filepath.Join(dir, "state")},
-		boot: filepath.Join(dir, "boot.json"),
 	}
 	bad := func(why string) (*bootSnapshot, bool) {
 		m.log.Warn("boot snapshot damaged; removed, the next start boots cold", "snapshot", key, "why", why)
