@@ -453,3 +453,29 @@ func (s *Stream[T]) Err() error { return s.err }
 
 // Close releases the connection; it ends a follow stream early.
 func (s *Stream[T]) Close() error { return s.body.Close() }
+
+// NetworkList lists the networks.
+func (c *Client) NetworkList(ctx context.Context) ([]Network, error) {
+	var list []Network
+	err := c.doJSON(ctx, "GET", "/v1/networks", nil, nil, &list)
+	return list, err
+}
+
+// NetworkCreate makes a network.
+func (c *Client) NetworkCreate(ctx context.Context, req NetworkCreateRequest) (Network, error) {
+	var n Network
+	err := c.doJSON(ctx, "POST", "/v1/networks", nil, req, &n)
+	return n, err
+}
+
+// NetworkInspect returns a network by name or id.
+func (c *Client) NetworkInspect(ctx context.Context, name string) (Network, error) {
+	var n Network
+	err := c.doJSON(ctx, "GET", "/v1/networks/"+url.PathEscape(name), nil, nil, &n)
+	return n, err
+}
+
+// NetworkRemove removes a network that no instance uses.
+func (c *Client) NetworkRemove(ctx context.Context, name string) error {
+	return c.doJSON(ctx, "DELETE", "/v1/networks/"+url.PathEscape(name), nil, nil, nil)
+}

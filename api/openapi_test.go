@@ -139,6 +139,10 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"ExecRequest":    ExecRequest{},
 		"ExecExit":       ExecExit{},
 		"PathStat":       PathStat{},
+
+		"PortMapping":          PortMapping{},
+		"Network":              Network{},
+		"NetworkCreateRequest": NetworkCreateRequest{},
 	}
 	for name, v := range types {
 		s, ok := schemas[name].(map[string]any)

@@ -7,7 +7,7 @@ package api
 //
 // and reads the wildcards with Request.PathValue("id") or PathValue("ref").
 // {id} is an instance id, a unique id prefix or a name; {ref} is a
-// path-escaped image reference or digest.
+// path-escaped image reference or digest; {name} a network's name or id.
 type Route struct {
 	Name    string // operationId in openapi.yaml
 	Method  string
@@ -42,6 +42,11 @@ var Routes = []Route{
 	{"instanceStat", "GET", "/v1/instances/{id}/stat"},
 	{"instanceArchiveGet", "GET", "/v1/instances/{id}/archive"},
 	{"instanceArchivePut", "PUT", "/v1/instances/{id}/archive"},
+
+	{"networkList", "GET", "/v1/networks"},
+	{"networkCreate", "POST", "/v1/networks"},
+	{"networkInspect", "GET", "/v1/networks/{name}"},
+	{"networkRemove", "DELETE", "/v1/networks/{name}"},
 }
 
 // Media types of the API's bodies.

@@ -37,6 +37,9 @@ const (
 	// PhaseQueue is the wait for a boot slot, before the image phase, when
 	// the daemon was already starting as many VMs as it lets run at once.
 	PhaseQueue = "queue"
+	// PhaseNetwork is the instance's address, published ports and TAP,
+	// after the disk phase; recorded for instances on a network.
+	PhaseNetwork = "network"
 )
 
 // Start modes: how an instance's VM came up.
@@ -80,6 +83,13 @@ type Instance struct {
 	RSSBytes   int64  `json:"rss_bytes,omitempty"`
 	Accel      string `json:"accel,omitempty"`
 	ConsoleLog string `json:"console_log,omitempty"`
+
+	// IP is the instance's address on its network while it has one; MAC
+	// its interface's.
+	IP  string `json:"ip,omitempty"`
+	MAC string `json:"mac,omitempty"`
+	// Ports are the published ports as bound, host ports resolved.
+	Ports []PortMapping `json:"ports,omitempty"`
 }
 
 // InstanceConfig is what the user asked for at create time.
@@ -112,6 +122,52 @@ type InstanceConfig struct {
 	// ColdBoot always boots the kernel: no boot snapshot is restored or
 	// taken for this instance.
 	ColdBoot bool `json:"cold_boot,omitempty"`
+	// Network is the network the instance joins: a name from
+	// /v1/networks, "none" for loopback only; empty means "default".
+	Network string `json:"network,omitempty"`
+	// Ports are published ports (-p).
+	Ports []PortMapping `json:"ports,omitempty"`
+}
+
+// Network names with a meaning of their own.
+const (
+	NetworkDefault = "default" // the network an instance joins unless told
+	NetworkNone    = "none"    // no interface but loopback
+)
+
+// PortMapping publishes a guest port on the host: traffic to HostIP:HostPort
+// reaches the instance's GuestPort.
+type PortMapping struct {
+	// HostIP is the host address to listen on; empty means all of them.
+	HostIP string `json:"host_ip,omitempty"`
+	// HostPort 0 asks the daemon to pick a free port; the instance's view
+	// then shows the one it picked.
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+	Protocol  string `json:"protocol"` // "tcp" or "udp"
+}
+
+// Network is an isolated layer-2 network with its own subnet, bridge, NAT
+// to the host's uplink and DNS names under NetworkDomain.
+type Network struct {
+	ID      string    `json:"id"`
+	Name    string    `json:"name"`
+	Subnet  string    `json:"subnet"`  // CIDR, e.g. 10.88.0.0/24
+	Gateway string    `json:"gateway"` // the host's address on it; also its DNS server
+	Bridge  string    `json:"bridge"`  // the host's bridge interface
+	Created time.Time `json:"created"`
+	// Instances counts the instances attached to it (any state).
+	Instances int `json:"instances"`
+}
+
+// NetworkDomain is the DNS suffix under which instances resolve on their
+// network: NAME.flick.internal.
+const NetworkDomain = "flick.internal"
+
+// NetworkCreateRequest is the body of POST /v1/networks.
+type NetworkCreateRequest struct {
+	Name   string `json:"name"`
+	Subnet string `json:"subnet,omitempty"` // default: a free /24 chosen by the daemon
 }
 
 // CreateRequest is the body of POST /v1/instances.

@@ -55,6 +55,10 @@ type env struct {
 	init   string // bin/flick-init
 	kernel string
 
+	// netns is the network namespace the daemon keeps its VMs' networks
+	// in, made for this test: nothing of the host's networking is touched.
+	netns string
+
 	dir  string // short temporary directory holding root, socket and log
 	root string
 	sock string
@@ -104,9 +108,26 @@ func newEnv(t *testing.T) *env {
 		sock:   filepath.Join(dir, "d.sock"),
 		log:    filepath.Join(dir, "flickd.log"),
 	}
+	e.netns = "fe" + filepath.Base(dir)
+	if out, err := exec.Command("ip", "netns", "add", e.netns).CombinedOutput(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatalf("ip netns add %s: %v: %s", e.netns, err, out)
+	}
 	t.Cleanup(e.cleanup)
+	e.inNS("ip", "link", "set", "lo", "up")
 	e.startDaemon()
 	return e
+}
+
+// inNS runs a command in the daemon's network namespace and returns its
+// output; it fails the test if the command fails.
+func (e *env) inNS(args ...string) string {
+	e.t.Helper()
+	out, err := exec.Command("ip", append([]string{"netns", "exec", e.netns}, args...)...).CombinedOutput()
+	if err != nil {
+		e.t.Fatalf("in netns %s: %s: %v\n%s", e.netns, shellJoin(args), err, out)
+	}
+	return string(out)
 }
 
 func (e *env) cleanup() {
@@ -135,6 +156,9 @@ func (e *env) cleanup() {
 	if err := os.RemoveAll(e.dir); err != nil {
 		t.Logf("remove %s: %v", e.dir, err)
 	}
+	if out, err := exec.Command("ip", "netns", "del", e.netns).CombinedOutput(); err != nil {
+		t.Logf("ip netns del %s: %v: %s", e.netns, err, out)
+	}
 }
 
 // sub returns e for a subtest: its commands log and fail in t.
@@ -157,7 +181,7 @@ func (e *env) startDaemon() {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== %s: starting flickd\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(e.daemon, "--root", e.root, "--socket", e.sock, "--kernel", e.kernel, "--init", e.init)
+	cmd := exec.Command(e.daemon, "--root", e.root, "--socket", e.sock, "--kernel", e.kernel, "--init", e.init, "--netns", e.netns)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {

@@ -129,6 +129,11 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 	if err := setHostname(root, cfg.Hostname); err != nil {
 		logf("%v", err)
 	}
+	if cfg.Net != nil {
+		if err := netUp(root, cfg.Hostname, cfg.Net); err != nil {
+			return cfg, nil, err
+		}
+	}
 	l, err := planApp(root, cfg)
 	return cfg, l, err
 }

@@ -95,7 +95,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.killCommand(), a.restartCommand(), a.rmCommand(), a.waitCommand(),
 		a.psCommand(), a.logsCommand(), a.consoleCommand(), a.inspectCommand(),
 		a.execCommand(), a.cpCommand(), a.standbyCommand(), a.resumeCommand(),
-		a.benchCommand(), a.versionCommand(),
+		a.networkCommand(), a.benchCommand(), a.versionCommand(),
 	)
 	for _, c := range root.Commands() {
 		c.DisableFlagsInUseLine = true

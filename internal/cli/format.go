@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/network/portspec"
 )
 
 // parseMemory parses a --memory value into MiB: a number with a k, m or g
@@ -282,8 +283,30 @@ func printInstance(w io.Writer, in api.Instance) {
 	if in.State != api.StateCreated {
 		fmt.Fprintf(w, "boot time:  %s\n", bootLine(in))
 	}
+	if in.IP != "" {
+		fmt.Fprintf(w, "ip:         %s\n", in.IP)
+	}
+	if len(in.Ports) > 0 {
+		fmt.Fprintf(w, "ports:      %s\n", portsLine(in.Ports))
+	}
 	fmt.Fprintf(w, "memory:     %d MiB · %d %s\n", mem, cpus, vcpu)
 	if in.Error != "" {
 		fmt.Fprintf(w, "error:      %s\n", in.Error)
 	}
+}
+
+// portsLine shows published ports as Docker does: 0.0.0.0:8080->80/tcp, ...
+func portsLine(ps []api.PortMapping) string {
+	parts := make([]string, len(ps))
+	for i, p := range ps {
+		parts[i] = portspec.Format(p)
+	}
+	return strings.Join(parts, ", ")
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }

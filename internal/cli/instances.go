@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/network/portspec"
 )
 
 // createFlags are the flags of create, run and bench.
@@ -39,6 +40,8 @@ type createFlags struct {
 	ready       string
 	readyTime   int
 	cold        bool
+	publish     []string
+	network     string
 	fs          *pflag.FlagSet
 }
 
@@ -63,6 +66,8 @@ func (f *createFlags) register(fs *pflag.FlagSet, withName bool) {
 	fs.StringVar(&f.ready, "ready", "", "readiness check run in the guest: tcp:PORT or http://:PORT/PATH; the instance is running only once it passes (default the image's label flick.ready)")
 	fs.IntVar(&f.readyTime, "ready-timeout", 0, "seconds the readiness check may take (default 60)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the kernel: neither restore nor take the image's boot snapshot")
+	fs.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a guest port on the host: [IP:][HOSTPORT:]PORT[/udp], ranges as 8000-8001:80-81")
+	fs.StringVar(&f.network, "network", "", "network to join (see flick network ls), or none for loopback only (default \"default\")")
 }
 
 // request builds the create request for image and cmd.
@@ -134,6 +139,14 @@ func (f *createFlags) request(image string, cmd []string) (api.CreateRequest, er
 	}
 	cfg.ReadyTimeout = f.readyTime
 	cfg.ColdBoot = f.cold
+	for _, p := range f.publish {
+		ms, err := portspec.Parse(p)
+		if err != nil {
+			return req, fmt.Errorf("-p: %w", err)
+		}
+		cfg.Ports = append(cfg.Ports, ms...)
+	}
+	cfg.Network = f.network
 	return req, nil
 }
 
@@ -565,14 +578,15 @@ func (a *app) psCommand() *cobra.Command {
 			}
 			now := time.Now()
 			tw := tabwriter.NewWriter(a.stdout, 0, 8, 3, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tBOOT")
+			fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tBOOT\tIP\tPORTS")
 			for _, in := range list {
 				boot := "-"
 				if in.BootMS > 0 {
 					boot = ms(in.BootMS) + " ms"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(in.ID), in.Name, in.Image,
-					command(in, configs[in.ImageID]), ago(now, in.Created), status(now, in), boot)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(in.ID), in.Name, in.Image,
+					command(in, configs[in.ImageID]), ago(now, in.Created), status(now, in), boot,
+					orDash(in.IP), orDash(portsLine(in.Ports)))
 			}
 			return tw.Flush()
 		},

@@ -16,6 +16,8 @@ import (
 	"github.com/flick-vm/flick/internal/guest"
 	"github.com/flick-vm/flick/internal/image"
 	"github.com/flick-vm/flick/internal/instance"
+	"github.com/flick-vm/flick/internal/netns"
+	"github.com/flick-vm/flick/internal/network"
 	"github.com/flick-vm/flick/internal/store"
 	"github.com/flick-vm/flick/internal/vmm"
 )
@@ -35,7 +37,17 @@ type RunConfig struct {
 	PoolSize int
 	// BootSlots is how many VMs may start at once; 0 means twice the CPUs.
 	BootSlots int
-	Logger    *slog.Logger
+	// NoNetwork runs every instance with loopback only, and makes no
+	// bridge, rule or DNS server.
+	NoNetwork bool
+	// NetNS is a network namespace (a name under /run/netns or a path) to
+	// keep the VMs' bridges, TAPs, rules and published ports in; empty
+	// means flickd's own.
+	NetNS string
+	// DefaultSubnet is the subnet of the network "default" when it is
+	// made, at the first start.
+	DefaultSubnet string
+	Logger        *slog.Logger
 }
 
 // Run wires the daemon's parts together and serves until ctx ends. VMs
@@ -70,8 +82,30 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	qv := qemuVersion(cfg.QEMU)
-	mgr, err := instance.New(ctx, instance.Config{
-		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log,
+	var mgr *instance.Manager
+	var nets *network.Manager
+	var networks instance.Networks // nil, not a nil *network.Manager, without networking
+	if !cfg.NoNetwork {
+		ns := netns.Host()
+		if cfg.NetNS != "" {
+			if ns, err = netns.Open(cfg.NetNS); err != nil {
+				return err
+			}
+			defer ns.Close()
+		}
+		nets, err = network.New(ctx, network.Config{
+			DB: db, NS: ns, Logger: log, DefaultSubnet: cfg.DefaultSubnet,
+			// mgr is set before any request can ask.
+			Users: func(n string) []string { return mgr.NetworkUsers(n) },
+		})
+		if err != nil {
+			return fmt.Errorf("networking: %w (flickd --no-network runs without it)", err)
+		}
+		defer nets.Close()
+		networks = nets
+	}
+	mgr, err = instance.New(ctx, instance.Config{
+		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log, Networks: networks,
 		Kernel: cfg.Kernel, Initrd: initrd,
 		Cmdline:     func(string) string { return guest.KernelCmdline(guest.CmdlineOptions{}) },
 		BootTimeout: cfg.BootTimeout,
@@ -94,7 +128,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	srv := &http.Server{Handler: New(Config{
-		Images: images, Instances: mgr, Logger: log, TmpDir: tmp, QEMUVersion: qv,
+		Images: images, Instances: mgr, Networks: nets, Logger: log, TmpDir: tmp, QEMUVersion: qv,
 	}), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()

@@ -20,6 +20,7 @@ import (
 	"github.com/flick-vm/flick/internal/errdefs"
 	"github.com/flick-vm/flick/internal/image"
 	"github.com/flick-vm/flick/internal/instance"
+	"github.com/flick-vm/flick/internal/network"
 	"github.com/flick-vm/flick/internal/vmm"
 )
 
@@ -35,13 +36,17 @@ type Server struct {
 	tmpDir    string
 
 	qemuVersion string
+	networks    *network.Manager
 }
 
 // Config configures a Server.
 type Config struct {
 	Images    *image.Store
 	Instances *instance.Manager
-	Logger    *slog.Logger
+	// Networks is nil when flickd runs without networking: the network
+	// routes then answer 503.
+	Networks *network.Manager
+	Logger   *slog.Logger
 	// TmpDir receives tarballs uploaded to the load route.
 	TmpDir string
 	// QEMUVersion is shown by the version route.
@@ -50,7 +55,7 @@ type Config struct {
 
 // New returns a Server with every route of api.Routes registered.
 func New(cfg Config) *Server {
-	s := &Server{images: cfg.Images, instances: cfg.Instances, log: cfg.Logger, mux: http.NewServeMux(), tmpDir: cfg.TmpDir, qemuVersion: cfg.QEMUVersion}
+	s := &Server{images: cfg.Images, instances: cfg.Instances, networks: cfg.Networks, log: cfg.Logger, mux: http.NewServeMux(), tmpDir: cfg.TmpDir, qemuVersion: cfg.QEMUVersion}
 	handlers := map[string]http.HandlerFunc{
 		"version":         s.version,
 		"imageList":       s.imageList,
@@ -76,6 +81,11 @@ func New(cfg Config) *Server {
 		"instanceStat":       s.instanceStat,
 		"instanceArchiveGet": s.instanceArchiveGet,
 		"instanceArchivePut": s.instanceArchivePut,
+
+		"networkList":    s.networkList,
+		"networkCreate":  s.networkCreate,
+		"networkInspect": s.networkInspect,
+		"networkRemove":  s.networkRemove,
 	}
 	for _, r := range api.Routes {
 		h, ok := handlers[r.Name]

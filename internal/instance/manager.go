@@ -25,6 +25,8 @@ import (
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/errdefs"
 	"github.com/flick-vm/flick/internal/guest/wire"
+	"github.com/flick-vm/flick/internal/network"
+	"github.com/flick-vm/flick/internal/network/portspec"
 	"github.com/flick-vm/flick/internal/store"
 	"github.com/flick-vm/flick/internal/vmm"
 )
@@ -37,6 +39,18 @@ type Images interface {
 	RootDisk(ctx context.Context, digest string) (path, fstype string, err error)
 }
 
+// Networks is what the engine needs of the network manager.
+type Networks interface {
+	Check(network string) error
+	Attach(ctx context.Context, req network.AttachRequest) (network.Attachment, error)
+	Attachment(id string) (network.Attachment, bool)
+	OpenTAP(id string) (*os.File, string, error)
+	Plug(id, tap string) error
+	Standby(id string) error
+	Detach(id string)
+	Reconcile(keep func(id string) bool)
+}
+
 // Config configures a Manager.
 type Config struct {
 	Root   string // instance directories live under Root/instances
@@ -44,7 +58,10 @@ type Config struct {
 	DB     *store.DB
 	Images Images
 	Driver vmm.Driver
-	Logger *slog.Logger
+	// Networks gives instances their networks; nil runs every instance
+	// with loopback only.
+	Networks Networks
+	Logger   *slog.Logger
 
 	Kernel string // default guest kernel (vmlinux)
 	Initrd string // initramfs holding flick-init
@@ -93,6 +110,9 @@ type record struct {
 	RunDir      string          `json:"run_dir"`
 	// KilledByHost is set when the daemon had to end the VMM itself.
 	KilledByHost bool `json:"killed_by_host,omitempty"`
+	// LastIP is the address of the last start, which the next one asks
+	// for again.
+	LastIP string `json:"last_ip,omitempty"`
 }
 
 func (r *record) active() bool {
@@ -185,7 +205,29 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		}
 	}
 	m.killOrphans()
+	if cfg.Networks != nil {
+		cfg.Networks.Reconcile(func(id string) bool {
+			in, ok := m.all[id]
+			return ok && (in.run != nil || in.rec.State == api.StateStandby)
+		})
+	}
 	return m, nil
+}
+
+// NetworkUsers names the instances, any state, configured to join
+// network.
+func (m *Manager) NetworkUsers(network string) []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []string
+	for _, in := range m.all {
+		// Config does not change after create.
+		if firstNonEmpty(in.rec.Config.Network, api.NetworkDefault) == network {
+			out = append(out, in.rec.Name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // killOrphans ends the VMMs of this root that no instance owns: those of a
@@ -295,6 +337,11 @@ func (m *Manager) view(in *inst) api.Instance {
 	if v.Phases == nil {
 		v.Phases = map[string]float64{}
 	}
+	if m.cfg.Networks != nil {
+		if a, ok := m.cfg.Networks.Attachment(v.ID); ok {
+			v.IP, v.MAC, v.Ports = a.IP, a.MAC, a.Ports
+		}
+	}
 	return v
 }
 
@@ -342,6 +389,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Instan
 		if _, err := ParseReady(req.Ready, req.ReadyTimeout); err != nil {
 			return api.Instance{}, err
 		}
+	}
+	if err := m.checkNetwork(req.InstanceConfig); err != nil {
+		return api.Instance{}, err
 	}
 	img, err := m.cfg.Images.Resolve(ctx, req.Image)
 	if err != nil {
@@ -400,6 +450,31 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Instan
 	}
 	m.all[id] = in
 	return m.view(in), nil
+}
+
+// checkNetwork refuses an unknown network and bad published ports.
+func (m *Manager) checkNetwork(c api.InstanceConfig) error {
+	for _, p := range c.Ports {
+		if err := portspec.Validate(p); err != nil {
+			return errdefs.InvalidArgument("%v", err)
+		}
+	}
+	if err := portspec.Conflicts(c.Ports); err != nil {
+		return errdefs.InvalidArgument("%v", err)
+	}
+	if c.Network == api.NetworkNone {
+		if len(c.Ports) > 0 {
+			return errdefs.InvalidArgument("published ports need a network: --network none has none")
+		}
+		return nil
+	}
+	if m.cfg.Networks == nil {
+		if c.Network != "" || len(c.Ports) > 0 {
+			return errdefs.Unavailable("this flickd runs without networking (--network none): instances can have no network or published ports")
+		}
+		return nil
+	}
+	return m.cfg.Networks.Check(firstNonEmpty(c.Network, api.NetworkDefault))
 }
 
 // Get returns one instance.
@@ -477,6 +552,9 @@ func (m *Manager) removeLocked(ctx context.Context, in *inst, force bool) error 
 	m.mu.Lock()
 	delete(m.all, in.rec.ID)
 	m.mu.Unlock()
+	if m.cfg.Networks != nil {
+		m.cfg.Networks.Detach(in.rec.ID)
+	}
 	if err := m.cfg.DB.Delete(bucket, in.rec.ID); err != nil {
 		return fmt.Errorf("remove instance %s: %w", name, err)
 	}

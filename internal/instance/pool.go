@@ -31,6 +31,7 @@ type zygote struct {
 	vm      vmm.VM
 	ctl     net.Conn // flick-init's channel, dialled before the restore resumed
 	console string
+	tap     string // its TAP, plugged into the instance's network at claim
 }
 
 type pool struct {
@@ -125,6 +126,18 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 	defer release()
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
 	defer cancel()
+	if spec.NIC != nil {
+		f, name, err := m.cfg.Networks.OpenTAP(id)
+		if err != nil {
+			_ = os.RemoveAll(z.dir)
+			return nil, err
+		}
+		defer f.Close() // the VMM holds it
+		nic := *spec.NIC
+		nic.TAP = f
+		spec.NIC = &nic
+		z.tap = name
+	}
 	vm, err := m.cfg.Driver.Start(ctx, spec)
 	if err != nil {
 		_ = os.RemoveAll(z.dir)

@@ -20,6 +20,7 @@ import (
 	"github.com/flick-vm/flick/internal/errdefs"
 	"github.com/flick-vm/flick/internal/fsutil"
 	"github.com/flick-vm/flick/internal/guest/wire"
+	"github.com/flick-vm/flick/internal/network"
 	"github.com/flick-vm/flick/internal/vmm"
 )
 
@@ -195,7 +196,13 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		phases[name] = float64(now.Sub(since).Microseconds()) / 1000
 		return now
 	}
+	netName := firstNonEmpty(rec.Config.Network, api.NetworkDefault)
+	useNet := m.cfg.Networks != nil && netName != api.NetworkNone
+	attached := false
 	fail := func(err error) (api.Instance, error) {
+		if attached {
+			m.cfg.Networks.Detach(rec.ID)
+		}
 		in.mu.Lock()
 		in.rec.State = api.StateFailed
 		in.rec.Error = err.Error()
@@ -279,7 +286,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	var restore *bootSnapshot
 	snapKey := ""
 	if m.cfg.Snapshots && !rec.Config.ColdBoot {
-		if k, err := m.snapKey(kernel, img.Digest, gc.WritableLayer, rec.Config.MemoryMiB, rec.Config.CPUs, accel, cmdline); err == nil {
+		if k, err := m.snapKey(kernel, img.Digest, gc.WritableLayer, rec.Config.MemoryMiB, rec.Config.CPUs, accel, cmdline, useNet); err == nil {
 			snapKey = k
 			restore, _ = m.lookupSnapshot(k)
 		}
@@ -291,6 +298,32 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 	t = mark(api.PhaseDisk, t)
 
+	// Phase network: the instance's address and published ports. Its TAP
+	// is made just before the VMM, unless a zygote brings one.
+	var nic *vmm.NIC
+	var tap *os.File
+	tapName := ""
+	defer func() {
+		if tap != nil {
+			tap.Close()
+		}
+	}()
+	if useNet {
+		att, err := m.cfg.Networks.Attach(ctx, network.AttachRequest{
+			ID: rec.ID, Name: rec.Name, Network: netName, Ports: rec.Config.Ports, PrevIP: rec.LastIP,
+		})
+		if err != nil {
+			return fail(err)
+		}
+		attached = true
+		gc.Net = att.Guest()
+		nic = &vmm.NIC{MAC: att.MAC}
+		in.mu.Lock()
+		in.rec.LastIP = att.IP
+		in.mu.Unlock()
+		t = mark(api.PhaseNetwork, t)
+	}
+
 	b := bootPlan{
 		spec: vmm.Spec{
 			ID: rec.ID, Dir: rec.RunDir, Kernel: kernel, Initrd: m.cfg.Initrd, Cmdline: cmdline,
@@ -299,7 +332,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 				{Path: rootDisk, Serial: "root", ReadOnly: true},
 				{Path: dataDisk, Serial: "data"},
 			},
-			GuestConfig: cfgPath, ConsoleLog: in.consolePath(),
+			GuestConfig: cfgPath, ConsoleLog: in.consolePath(), NIC: nic,
 		},
 		config: gc,
 		digest: img.Digest,
@@ -354,9 +387,36 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 				return fail(err)
 			}
 		}
+		if useNet {
+			name := ""
+			if zyg != nil {
+				name = zyg.tap
+			} else {
+				if tap == nil {
+					// Kept open across a retry, so the TAP stays.
+					f, n, err := m.cfg.Networks.OpenTAP(rec.ID)
+					if err != nil {
+						return fail(err)
+					}
+					tap, tapName = f, n
+				}
+				name = tapName
+				spec := *nic
+				spec.TAP = tap
+				b.spec.NIC = &spec
+			}
+			if err := m.cfg.Networks.Plug(rec.ID, name); err != nil {
+				return fail(err)
+			}
+		}
 		var err error
 		r, logs, t, err = m.boot(ctx, in, b, t, mark)
 		if err == nil {
+			if tap != nil {
+				// The VMM holds the TAP now: it goes with the VMM.
+				tap.Close()
+				tap = nil
+			}
 			break
 		}
 		if resume != "" {
@@ -437,6 +497,9 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		if fileExists(filepath.Join(s.dir, "meta.json")) {
 			spec := b.spec
 			spec.Restore, spec.GuestConfig, spec.KeepRAM = &s.snap, s.boot, false
+			if nic != nil {
+				spec.NIC = &vmm.NIC{MAC: nic.MAC} // each zygote makes its own TAP
+			}
 			m.fillPool(snapKey, spec, gc)
 		}
 	}
@@ -486,6 +549,15 @@ func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
 	exit, killed, standby := r.exit, r.killed, r.standby
 	r.mu.Unlock()
 	_ = os.RemoveAll(in.rec.RunDir)
+	if m.cfg.Networks != nil {
+		if standby {
+			if err := m.cfg.Networks.Standby(in.rec.ID); err != nil {
+				m.log.Warn("network standby", "vm", in.rec.ID, "err", err)
+			}
+		} else {
+			m.cfg.Networks.Detach(in.rec.ID)
+		}
+	}
 	if standby {
 		in.mu.Lock()
 		in.run = nil

@@ -47,7 +47,7 @@ func (m *Manager) snapDir() string { return filepath.Join(m.cfg.Root, "snapshots
 
 // snapKey names the snapshot that a start with these inputs can use: any
 // change to one of them needs a new boot.
-func (m *Manager) snapKey(kernel, digest, layer string, memMiB, cpus int, accel, cmdline string) (string, error) {
+func (m *Manager) snapKey(kernel, digest, layer string, memMiB, cpus int, accel, cmdline string, nic bool) (string, error) {
 	ki, err := os.Stat(kernel)
 	if err != nil {
 		return "", err
@@ -57,9 +57,9 @@ func (m *Manager) snapKey(kernel, digest, layer string, memMiB, cpus int, accel,
 		return "", err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "v2\nkernel %s %d %d\ninit %s %d %d\nimage %s layer %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\n",
+	fmt.Fprintf(h, "v2\nkernel %s %d %d\ninit %s %d %d\nimage %s layer %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\nnic %t\n",
 		kernel, ki.Size(), ki.ModTime().UnixNano(), m.cfg.Initrd, ii.Size(), ii.ModTime().UnixNano(),
-		digest, layer, memMiB, cpus, accel, cmdline, m.cfg.SnapshotTag)
+		digest, layer, memMiB, cpus, accel, cmdline, m.cfg.SnapshotTag, nic)
 	return hex.EncodeToString(h.Sum(nil))[:24], nil
 }
 

@@ -116,6 +116,13 @@ func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 		}
 		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.Serial))
 	}
+	if spec.NIC != nil {
+		// The TAP is the first of the extra files: fd 3.
+		a = append(a,
+			"-netdev", "tap,id=net0,fd=3",
+			"-device", "virtio-net-device,netdev=net0,mac="+spec.NIC.MAC,
+		)
+	}
 	// Two ports, always, so the device layout does not depend on whether
 	// the instance runs an agent.
 	a = append(a,
@@ -175,6 +182,12 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 	cmd := exec.Command(q.binary, q.Args(spec, socks, ramFile)...)
 	cmd.Stdout = console
 	cmd.Stderr = console
+	if spec.NIC != nil {
+		if spec.NIC.TAP == nil {
+			return nil, errors.New("start qemu: the NIC has no TAP")
+		}
+		cmd.ExtraFiles = []*os.File{spec.NIC.TAP}
+	}
 	// Its own process group: a signal to the daemon's terminal does not
 	// reach the VMs, which outlive a daemon restart.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

@@ -40,6 +40,18 @@ type Spec struct {
 	// ConsoleLog receives the serial console (kernel and flick-init) and
 	// the VMM's own stderr.
 	ConsoleLog string
+	// NIC, when set, gives the VM one virtio-net interface.
+	NIC *NIC
+}
+
+// NIC is a network interface backed by a TAP that the caller made: the VMM
+// is handed its open queue and the caller closes its own copy after Start.
+type NIC struct {
+	TAP *os.File
+	// MAC is the guest's hardware address at boot. A restored VM has the
+	// one of the VM its snapshot was taken from, until the guest sets its
+	// own.
+	MAC string
 }
 
 // Snapshot is a saved VM: its guest RAM (mapped copy-on-write by every

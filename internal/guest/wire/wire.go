@@ -73,6 +73,21 @@ type Config struct {
 	// Seed is fresh randomness for the guest's RNG, which a snapshot
 	// would otherwise hand to every restore alike.
 	Seed []byte `json:"seed,omitempty"`
+
+	// Net configures the guest's one network interface; nil leaves the
+	// guest with loopback only.
+	Net *Net `json:"net,omitempty"`
+}
+
+// Net is the static network config of the guest's interface: no DHCP.
+type Net struct {
+	// MAC is set on the interface even when the VMM gave it another, as a
+	// VM restored from a snapshot has the snapshot's.
+	MAC     string   `json:"mac"`
+	Address string   `json:"address"` // CIDR, e.g. 10.77.0.5/16
+	Gateway string   `json:"gateway"` // default route; empty for none
+	DNS     []string `json:"dns,omitempty"`
+	Search  string   `json:"search,omitempty"` // DNS search domain
 }
 
 // Frame types. Guest to host: Hello, Stdout, Stderr, Event. Host to guest:

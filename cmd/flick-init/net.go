@@ -1,0 +1,176 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+	"unsafe"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"golang.org/x/sys/unix"
+)
+
+// netTimeout bounds the wait for the network interface to appear.
+const netTimeout = 5 * time.Second
+
+// netUp configures the guest's interface from the host's config: its MAC
+// (a restored snapshot carries the snapshot's), address, the default route,
+// and the app's /etc/resolv.conf and /etc/hosts. ioctls only: no netlink
+// library and no DHCP.
+func netUp(root rootDir, hostname string, n *wire.Net) error {
+	prefix, err := netip.ParsePrefix(n.Address)
+	if err != nil || !prefix.Addr().Is4() {
+		return fmt.Errorf("network: address %q is not an IPv4 CIDR", n.Address)
+	}
+	var ifname string
+	if err := poll("network interface", netTimeout, func() (bool, error) {
+		ifname = firstInterface()
+		return ifname != "", nil
+	}); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	defer unix.Close(fd)
+
+	if n.MAC != "" {
+		if err := setMAC(fd, ifname, n.MAC); err != nil {
+			return err
+		}
+	}
+	ifr, err := unix.NewIfreq(ifname)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := ifr.SetInet4Addr(prefix.Addr().AsSlice()); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFADDR, ifr); err != nil {
+		return fmt.Errorf("network: set %s address %s: %w", ifname, prefix.Addr(), err)
+	}
+	mask := netip.AddrFrom4(maskOf(prefix.Bits()))
+	if err := ifr.SetInet4Addr(mask.AsSlice()); err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFNETMASK, ifr); err != nil {
+		return fmt.Errorf("network: set %s netmask: %w", ifname, err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("network: %s flags: %w", ifname, err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("network: %s up: %w", ifname, err)
+	}
+	if n.Gateway != "" {
+		gw, err := netip.ParseAddr(n.Gateway)
+		if err != nil || !gw.Is4() {
+			return fmt.Errorf("network: gateway %q is not an IPv4 address", n.Gateway)
+		}
+		if err := addDefaultRoute(fd, gw); err != nil {
+			return err
+		}
+	}
+	var rc strings.Builder
+	for _, s := range n.DNS {
+		fmt.Fprintf(&rc, "nameserver %s\n", s)
+	}
+	if n.Search != "" {
+		fmt.Fprintf(&rc, "search %s\n", n.Search)
+	}
+	if err := root.mkdir("etc", 0o755); err != nil {
+		return fmt.Errorf("mkdir /etc: %w", err)
+	}
+	if rc.Len() > 0 {
+		if err := root.writeFile("/etc/resolv.conf", []byte(rc.String()), 0o644); err != nil {
+			return fmt.Errorf("write /etc/resolv.conf: %w", err)
+		}
+	}
+	if hostname != "" {
+		hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
+			prefix.Addr().String() + "\t" + hostname + "\n"
+		if err := root.writeFile("/etc/hosts", []byte(hosts), 0o644); err != nil {
+			return fmt.Errorf("write /etc/hosts: %w", err)
+		}
+	}
+	return nil
+}
+
+// firstInterface is the name of the first interface that is not loopback.
+func firstInterface() string {
+	ents, err := os.ReadDir("/sys/class/net")
+	if err != nil {
+		return ""
+	}
+	for _, e := range ents {
+		if e.Name() != "lo" {
+			return e.Name()
+		}
+	}
+	return ""
+}
+
+func maskOf(bits int) [4]byte {
+	v := ^uint32(0) << (32 - bits)
+	return [4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+}
+
+// ifreqHW is struct ifreq with a hardware address in its union.
+type ifreqHW struct {
+	name   [unix.IFNAMSIZ]byte
+	family uint16
+	data   [22]byte
+}
+
+func setMAC(fd int, ifname, mac string) error {
+	var hw [6]byte
+	if _, err := fmt.Sscanf(mac, "%02x:%02x:%02x:%02x:%02x:%02x", &hw[0], &hw[1], &hw[2], &hw[3], &hw[4], &hw[5]); err != nil {
+		return fmt.Errorf("network: MAC %q: %w", mac, err)
+	}
+	if cur, err := os.ReadFile("/sys/class/net/" + ifname + "/address"); err == nil && strings.EqualFold(strings.TrimSpace(string(cur)), mac) {
+		return nil
+	}
+	var req ifreqHW
+	copy(req.name[:], ifname)
+	req.family = unix.ARPHRD_ETHER
+	copy(req.data[:], hw[:])
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCSIFHWADDR, uintptr(unsafe.Pointer(&req))); errno != 0 {
+		return fmt.Errorf("network: set %s MAC %s: %w", ifname, mac, errno)
+	}
+	return nil
+}
+
+// rtentry is the kernel's struct rtentry (linux/route.h) on 64-bit
+// machines, for SIOCADDRT.
+type rtentry struct {
+	pad1    uint64
+	dst     unix.RawSockaddrInet4
+	gateway unix.RawSockaddrInet4
+	genmask unix.RawSockaddrInet4
+	flags   uint16
+	pad2    int16
+	pad3    uint64
+	pad4    uintptr
+	metric  int16
+	dev     uintptr
+	mtu     uint64
+	window  uint64
+	irtt    uint16
+}
+
+func addDefaultRoute(fd int, gw netip.Addr) error {
+	rt := rtentry{flags: unix.RTF_UP | unix.RTF_GATEWAY}
+	rt.dst.Family = unix.AF_INET
+	rt.genmask.Family = unix.AF_INET
+	rt.gateway.Family = unix.AF_INET
+	rt.gateway.Addr = gw.As4()
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCADDRT, uintptr(unsafe.Pointer(&rt)))
+	if errno != 0 && errno != unix.EEXIST {
+		return fmt.Errorf("network: default route via %s: %w", gw, errno)
+	}
+	return nil
+}

@@ -1,0 +1,36 @@
+package main
+
+import (
+	"testing"
+	"unsafe"
+)
+
+// TestRtentryLayout checks the hand-made struct against the kernel's
+// struct rtentry on 64-bit Linux: 120 bytes, flags at 56, dev at 88.
+func TestRtentryLayout(t *testing.T) {
+	var rt rtentry
+	if got := unsafe.Sizeof(rt); got != 120 {
+		t.Errorf("sizeof(rtentry) = %d, want 120", got)
+	}
+	if got := unsafe.Offsetof(rt.flags); got != 56 {
+		t.Errorf("offsetof(flags) = %d, want 56", got)
+	}
+	if got := unsafe.Offsetof(rt.dev); got != 88 {
+		t.Errorf("offsetof(dev) = %d, want 88", got)
+	}
+	var hw ifreqHW
+	if got := unsafe.Sizeof(hw); got != 40 {
+		t.Errorf("sizeof(ifreq) = %d, want 40", got)
+	}
+}
+
+func TestMaskOf(t *testing.T) {
+	for _, tc := range []struct {
+		bits int
+		want [4]byte
+	}{{16, [4]byte{255, 255, 0, 0}}, {24, [4]byte{255, 255, 255, 0}}, {29, [4]byte{255, 255, 255, 248}}, {8, [4]byte{255, 0, 0, 0}}} {
+		if got := maskOf(tc.bits); got != tc.want {
+			t.Errorf("maskOf(%d) = %v, want %v", tc.bits, got, tc.want)
+		}
+	}
+}

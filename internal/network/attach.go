@@ -1,0 +1,503 @@
+package network
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/flick-vm/flick/api"
+	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"github.com/flick-vm/flick/internal/network/nft"
+	"github.com/flick-vm/flick/internal/network/portspec"
+	"github.com/flick-vm/flick/internal/network/proxy"
+)
+
+// Attachment is an instance's place on a network, kept in the store from
+// its start until it stops: its address and its published ports.
+type Attachment struct {
+	ID      string            `json:"id"`
+	Name    string            `json:"name"`
+	Network string            `json:"network"`
+	IP      string            `json:"ip"`
+	Prefix  int               `json:"prefix"`
+	Gateway string            `json:"gateway"`
+	MAC     string            `json:"mac"`
+	Ports   []api.PortMapping `json:"ports,omitempty"`
+	// TAP is the interface of the instance's VM while it has one.
+	TAP string `json:"tap,omitempty"`
+	// Standby is set while the instance's VM is saved: its address and
+	// ports stay its own, and connections to the ports are held by the
+	// proxy rather than forwarded by the kernel.
+	Standby bool `json:"standby,omitempty"`
+}
+
+// Guest is the network config flick-init applies in the guest.
+func (a Attachment) Guest() *wire.Net {
+	return &wire.Net{
+		MAC:     a.MAC,
+		Address: a.IP + "/" + strconv.Itoa(a.Prefix),
+		Gateway: a.Gateway,
+		DNS:     []string{a.Gateway},
+		Search:  api.NetworkDomain,
+	}
+}
+
+type attState struct {
+	Attachment
+	proxies []*proxy.Proxy
+}
+
+func (a *attState) closeProxies() {
+	for _, p := range a.proxies {
+		p.Close()
+	}
+	a.proxies = nil
+}
+
+// AttachRequest asks for an instance's place on a network.
+type AttachRequest struct {
+	ID      string
+	Name    string // the DNS name
+	Network string // "" means the default network
+	Ports   []api.PortMapping
+	// PrevIP is the address the instance had last time, which it gets
+	// again when it is free.
+	PrevIP string
+}
+
+// Attach gives an instance an address on its network and binds its
+// published ports; an instance that has one keeps it. A host port taken by
+// anyone gives a conflict that names the holder when it can.
+func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, error) {
+	if req.Network == "" {
+		req.Network = api.NetworkDefault
+	}
+	for _, p := range req.Ports {
+		if err := portspec.Validate(p); err != nil {
+			return Attachment{}, errdefs.InvalidArgument("%v", err)
+		}
+	}
+	if err := portspec.Conflicts(req.Ports); err != nil {
+		return Attachment{}, errdefs.InvalidArgument("%v", err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a, ok := m.atts[req.ID]; ok {
+		if a.proxies == nil && len(a.Ports) > 0 {
+			if err := m.bindLocked(a); err != nil {
+				return Attachment{}, err
+			}
+		}
+		if a.Standby {
+			a.Standby = false
+			if err := m.saveLocked(a); err != nil {
+				return Attachment{}, err
+			}
+			if err := m.applyLocked(); err != nil {
+				return Attachment{}, err
+			}
+		}
+		return a.Attachment, nil
+	}
+	n, err := m.lookupLocked(req.Network)
+	if err != nil {
+		return Attachment{}, err
+	}
+	used := map[netip.Addr]bool{}
+	for _, a := range m.atts {
+		if a.Network == n.Name {
+			if ip, err := netip.ParseAddr(a.IP); err == nil {
+				used[ip] = true
+			}
+		}
+	}
+	want, _ := netip.ParseAddr(req.PrevIP)
+	ip, err := allocate(n.subnet, want, used)
+	if err != nil {
+		return Attachment{}, err
+	}
+	a := &attState{Attachment: Attachment{
+		ID:      req.ID,
+		Name:    strings.ToLower(req.Name),
+		Network: n.Name,
+		IP:      ip.String(),
+		Prefix:  n.subnet.Bits(),
+		Gateway: n.gw.String(),
+		MAC:     macFor(ip),
+		Ports:   append([]api.PortMapping(nil), req.Ports...),
+	}}
+	if err := m.bindLocked(a); err != nil {
+		return Attachment{}, err
+	}
+	m.atts[a.ID] = a
+	if err := m.saveLocked(a); err != nil {
+		m.dropLocked(a)
+		return Attachment{}, err
+	}
+	if err := m.applyLocked(); err != nil {
+		m.dropLocked(a)
+		_ = m.cfg.DB.Delete(attBucket, a.ID)
+		return Attachment{}, err
+	}
+	return a.Attachment, nil
+}
+
+func (m *Manager) saveLocked(a *attState) error {
+	if err := m.cfg.DB.Put(attBucket, a.ID, a.Attachment); err != nil {
+		return fmt.Errorf("save the network attachment of %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+func (m *Manager) dropLocked(a *attState) {
+	a.closeProxies()
+	delete(m.atts, a.ID)
+}
+
+// bindLocked starts a proxy for every published port of a; host port 0
+// becomes the port the proxy got. Nothing stays bound when it fails.
+func (m *Manager) bindLocked(a *attState) error {
+	for i := range a.Ports {
+		p := &a.Ports[i]
+		host := p.HostIP
+		if host == "" {
+			host = "0.0.0.0"
+		}
+		guestPort := uint16(p.GuestPort)
+		id := a.ID
+		px, err := proxy.Start(proxy.Config{
+			Proto:     p.Protocol,
+			Listen:    net.JoinHostPort(host, strconv.Itoa(p.HostPort)),
+			Target:    func(ctx context.Context) (netip.AddrPort, error) { return m.target(ctx, id, guestPort) },
+			ListenTCP: m.listen,
+			ListenUDP: m.listenPacket,
+			Dial:      m.dial,
+			Logger:    m.log.With("instance", a.Name),
+		})
+		if err != nil {
+			a.closeProxies()
+			if errors.Is(err, syscall.EADDRINUSE) {
+				return errdefs.Conflict("host port %s:%d/%s is already in use%s: choose another host port", host, p.HostPort, p.Protocol, m.holder(a.ID, *p))
+			}
+			return fmt.Errorf("publish %s: %w", portspec.Format(*p), err)
+		}
+		if p.HostPort == 0 {
+			if ap, err := netip.ParseAddrPort(px.Addr().String()); err == nil {
+				p.HostPort = int(ap.Port())
+			}
+		}
+		a.proxies = append(a.proxies, px)
+	}
+	return nil
+}
+
+// target is where a proxied connection to instance id's guestPort goes.
+func (m *Manager) target(_ context.Context, id string, guestPort uint16) (netip.AddrPort, error) {
+	m.mu.Lock()
+	a, ok := m.atts[id]
+	var ip netip.Addr
+	standby := false
+	if ok {
+		ip, _ = netip.ParseAddr(a.IP)
+		standby = a.Standby
+	}
+	m.mu.Unlock()
+	if !ok {
+		return netip.AddrPort{}, fmt.Errorf("instance %s has no network", id)
+	}
+	if standby {
+		return netip.AddrPort{}, fmt.Errorf("instance %s is standing by", id)
+	}
+	return netip.AddrPortFrom(ip, guestPort), nil
+}
+
+// holder names who holds a host port, when that can be found: another
+// instance, or a process of the host.
+func (m *Manager) holder(self string, p api.PortMapping) string {
+	for _, a := range m.atts {
+		if a.ID == self {
+			continue
+		}
+		for _, q := range a.Ports {
+			if q.HostPort == p.HostPort && q.Protocol == p.Protocol {
+				return " by instance " + a.Name
+			}
+		}
+	}
+	var who string
+	_ = m.cfg.NS.Do(func() error {
+		who = processHolding(p.Protocol, p.HostPort)
+		return nil
+	})
+	if who != "" {
+		return " by " + who
+	}
+	return ""
+}
+
+// processHolding finds the process with a socket bound to port, from the
+// calling thread's network namespace: "nginx (pid 123)" or "".
+func processHolding(proto string, port int) string {
+	inodes := map[string]bool{}
+	for _, f := range []string{proto, proto + "6"} {
+		fh, err := os.Open("/proc/thread-self/net/" + f)
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(fh)
+		sc.Scan() // header
+		for sc.Scan() {
+			fields := strings.Fields(sc.Text())
+			if len(fields) < 10 {
+				continue
+			}
+			_, hexPort, ok := strings.Cut(fields[1], ":")
+			if !ok {
+				continue
+			}
+			n, err := strconv.ParseUint(hexPort, 16, 16)
+			if err != nil || int(n) != port {
+				continue
+			}
+			if proto == "tcp" && fields[3] != "0A" { // LISTEN
+				continue
+			}
+			inodes["socket:["+fields[9]+"]"] = true
+		}
+		fh.Close()
+	}
+	if len(inodes) == 0 {
+		return ""
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/fd/*")
+	for _, fd := range procs {
+		target, err := os.Readlink(fd)
+		if err != nil || !inodes[target] {
+			continue
+		}
+		pid := strings.Split(fd, "/")[2]
+		comm, _ := os.ReadFile("/proc/" + pid + "/comm")
+		return fmt.Sprintf("%s (pid %s)", strings.TrimSpace(string(comm)), pid)
+	}
+	return ""
+}
+
+// Standby marks an instance's VM as saved: its ports stay bound, and the
+// kernel stops forwarding to it so that every new connection reaches the
+// proxy.
+func (m *Manager) Standby(id string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.atts[id]
+	if !ok || a.Standby {
+		return nil
+	}
+	a.Standby = true
+	if err := m.saveLocked(a); err != nil {
+		return err
+	}
+	return m.applyLocked()
+}
+
+// Detach gives back an instance's address and ports.
+func (m *Manager) Detach(id string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.atts[id]
+	if !ok {
+		return
+	}
+	m.dropLocked(a)
+	if err := m.cfg.DB.Delete(attBucket, id); err != nil {
+		m.log.Warn("forget attachment", "instance", a.Name, "err", err)
+	}
+	if err := m.applyLocked(); err != nil {
+		m.log.Warn("nftables", "err", err)
+	}
+}
+
+// Attachment returns an instance's current attachment.
+func (m *Manager) Attachment(id string) (Attachment, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.atts[id]
+	if !ok {
+		return Attachment{}, false
+	}
+	return a.Attachment, true
+}
+
+// Reconcile settles the store with the instances a restarted daemon found:
+// attachments of instances that keep says are gone are given back, the
+// ports of the rest are bound again, TAPs nobody owns are removed and the
+// rules rewritten.
+func (m *Manager) Reconcile(keep func(id string) bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, a := range m.atts {
+		if !keep(id) {
+			m.log.Info("giving back the address of an instance that is gone", "instance", a.Name, "ip", a.IP)
+			m.dropLocked(a)
+			if err := m.cfg.DB.Delete(attBucket, id); err != nil {
+				m.log.Warn("forget attachment", "instance", a.Name, "err", err)
+			}
+			continue
+		}
+		if a.proxies == nil && len(a.Ports) > 0 {
+			if err := m.bindLocked(a); err != nil {
+				m.log.Warn("publish ports again", "instance", a.Name, "err", err)
+			}
+		}
+	}
+	if _, taps, err := m.links(); err == nil {
+		owned := map[string]bool{}
+		for _, a := range m.atts {
+			owned[a.TAP] = true
+		}
+		for _, t := range taps {
+			if !owned[t] {
+				m.log.Info("removing a TAP nobody owns", "tap", t)
+				_ = m.deleteLink(t)
+			}
+		}
+	}
+	if err := m.applyLocked(); err != nil {
+		m.log.Warn("nftables", "err", err)
+	}
+}
+
+// applyLocked rewrites flick's nftables table from the networks and
+// attachments.
+func (m *Manager) applyLocked() error {
+	rs := nft.Ruleset{Table: m.cfg.Table}
+	for _, n := range m.nets {
+		rs.Networks = append(rs.Networks, nft.Network{Bridge: n.Bridge, Subnet: n.subnet, Gateway: n.gw})
+	}
+	for _, a := range m.atts {
+		if a.Standby {
+			continue
+		}
+		ip, err := netip.ParseAddr(a.IP)
+		if err != nil {
+			continue
+		}
+		for _, p := range a.Ports {
+			var host netip.Addr
+			if p.HostIP != "" {
+				h, err := netip.ParseAddr(p.HostIP)
+				if err != nil || !h.Is4() || h.IsLoopback() {
+					continue // served by the proxy alone
+				}
+				if !h.IsUnspecified() {
+					host = h
+				}
+			}
+			rs.Forwards = append(rs.Forwards, nft.Forward{
+				Proto: p.Protocol, HostIP: host, HostPort: uint16(p.HostPort),
+				GuestIP: ip, GuestPort: uint16(p.GuestPort),
+			})
+		}
+	}
+	if err := nft.Apply(m.cfg.NS.FD(), rs); err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	return nil
+}
+
+// OpenTAP makes the TAP for instance or zygote id, not yet plugged into
+// any bridge, and returns its queue for the VMM: the TAP goes away when
+// the last holder of that file does.
+func (m *Manager) OpenTAP(id string) (*os.File, string, error) {
+	name := tapName(id)
+	f, err := m.openTAP(name)
+	return f, name, err
+}
+
+// Plug puts a TAP on instance id's network, as that instance's.
+func (m *Manager) Plug(id, tap string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.atts[id]
+	if !ok {
+		return fmt.Errorf("plug %s: instance %s has no network attachment", tap, id)
+	}
+	n, ok := m.nets[a.Network]
+	if !ok {
+		return errdefs.NotFound("network %s not found", a.Network)
+	}
+	if err := m.plugTAP(tap, n.Bridge); err != nil {
+		return err
+	}
+	if a.TAP != tap {
+		a.TAP = tap
+		return m.saveLocked(a)
+	}
+	return nil
+}
+
+// lookupName answers DNS for an instance name on a network.
+func (m *Manager) lookupName(network, name string) (netip.Addr, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, a := range m.atts {
+		if a.Network == network && a.Name == name {
+			ip, err := netip.ParseAddr(a.IP)
+			return ip, err == nil
+		}
+	}
+	return netip.Addr{}, false
+}
+
+func (m *Manager) reverseName(network string, ip netip.Addr) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := ip.String()
+	for _, a := range m.atts {
+		if a.Network == network && a.IP == s {
+			return a.Name, true
+		}
+	}
+	return "", false
+}
+
+// Sockets in the manager's namespace.
+
+func (m *Manager) listen(network, addr string) (net.Listener, error) {
+	var l net.Listener
+	err := m.cfg.NS.Do(func() error {
+		var err error
+		l, err = net.Listen(network, addr)
+		return err
+	})
+	return l, err
+}
+
+func (m *Manager) listenPacket(network, addr string) (net.PacketConn, error) {
+	var c net.PacketConn
+	err := m.cfg.NS.Do(func() error {
+		var err error
+		c, err = net.ListenPacket(network, addr)
+		return err
+	})
+	return c, err
+}
+
+func (m *Manager) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := m.cfg.NS.Do(func() error {
+		var err error
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
+}
