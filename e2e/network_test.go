@@ -20,7 +20,7 @@ import (
 // with its hostname and the client's address, and echoes UDP on :7000;
 // "get URL [SECONDS]" fetches a URL, retrying for SECONDS (default 6), and
 // prints the body;
-// "ifaces" lists the network interfaces.
+// "cat FILE" prints a file; "ifaces" lists the network interfaces.
 const probeSource = `package main
 
 import (
@@ -75,6 +75,13 @@ func main() {
 			}
 			time.Sleep(200 * time.Millisecond)
 		}
+	case "cat":
+		b, err := os.ReadFile(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Stdout.Write(b)
 	case "ifaces":
 		ifs, _ := net.Interfaces()
 		for _, i := range ifs {
@@ -356,6 +363,14 @@ func TestNetworks(t *testing.T) {
 		r := e.must("run", "--rm", "--network", "team-a", "--name", "client", probe, "get", "http://api.flick.internal/")
 		if !strings.HasPrefix(r.stdout, "host=api remote=10.88.0.") {
 			t.Errorf("GET api.flick.internal from team-a: %q", r.stdout)
+		}
+		r = e.must("run", "--rm", "--network", "team-a", "--name", "client", probe, "cat", "/etc/resolv.conf")
+		if r.stdout != "nameserver 10.88.0.1\nsearch flick.internal\n" {
+			t.Errorf("resolv.conf on team-a: %q", r.stdout)
+		}
+		r = e.must("exec", "api", "/app", "cat", "/etc/hosts")
+		if !strings.Contains(r.stdout, api.IP+"\tapi\n") {
+			t.Errorf("/etc/hosts of api does not map its name to %s:\n%s", api.IP, r.stdout)
 		}
 		// The search domain makes the bare name work too.
 		r = e.must("run", "--rm", "--network", "team-a", probe, "get", "http://api/")

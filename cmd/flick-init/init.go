@@ -126,11 +126,11 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 	if err != nil {
 		return cfg, nil, err
 	}
-	if err := setHostname(root, cfg.Hostname); err != nil {
+	if err := setHostname(root, cfg.Hostname, cfg.Net); err != nil {
 		logf("%v", err)
 	}
 	if cfg.Net != nil {
-		if err := netUp(root, cfg.Hostname, cfg.Net); err != nil {
+		if err := netUp(root, cfg.Net); err != nil {
 			return cfg, nil, err
 		}
 	}

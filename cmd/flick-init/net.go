@@ -17,25 +17,29 @@ const netTimeout = 5 * time.Second
 
 // netUp configures the guest's interface from the host's config: its MAC
 // (a restored snapshot carries the snapshot's), address, the default route,
-// and the app's /etc/resolv.conf and /etc/hosts. ioctls only: no netlink
-// library and no DHCP.
-func netUp(root rootDir, hostname string, n *wire.Net) error {
+// and the app's /etc/resolv.conf (setHostname writes /etc/hosts). ioctls
+// only: no netlink library and no DHCP.
+func netUp(root rootDir, n *wire.Net) error {
 	prefix, err := netip.ParsePrefix(n.Address)
 	if err != nil || !prefix.Addr().Is4() {
 		return fmt.Errorf("network: address %q is not an IPv4 CIDR", n.Address)
-	}
-	var ifname string
-	if err := poll("network interface", netTimeout, func() (bool, error) {
-		ifname = firstInterface()
-		return ifname != "", nil
-	}); err != nil {
-		return fmt.Errorf("network: %w", err)
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("network: %w", err)
 	}
 	defer unix.Close(fd)
+	// The kernel names the one virtio-net device eth0; the listing of
+	// /sys/class/net is the fallback, and dearer under TCG.
+	ifname := "eth0"
+	if !ifExists(fd, ifname) {
+		if err := poll("network interface", netTimeout, func() (bool, error) {
+			ifname = firstInterface()
+			return ifname != "", nil
+		}); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+	}
 
 	if n.MAC != "" {
 		if err := setMAC(fd, ifname, n.MAC); err != nil {
@@ -90,14 +94,16 @@ func netUp(root rootDir, hostname string, n *wire.Net) error {
 			return fmt.Errorf("write /etc/resolv.conf: %w", err)
 		}
 	}
-	if hostname != "" {
-		hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" +
-			prefix.Addr().String() + "\t" + hostname + "\n"
-		if err := root.writeFile("/etc/hosts", []byte(hosts), 0o644); err != nil {
-			return fmt.Errorf("write /etc/hosts: %w", err)
-		}
-	}
 	return nil
+}
+
+// ifExists says whether the interface name is there.
+func ifExists(fd int, name string) bool {
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return false
+	}
+	return unix.IoctlIfreq(fd, unix.SIOCGIFINDEX, ifr) == nil
 }
 
 // firstInterface is the name of the first interface that is not loopback.
@@ -162,14 +168,25 @@ type rtentry struct {
 	irtt    uint16
 }
 
+// addDefaultRoute routes everything through gw, in place of any default
+// route there was (a zygote's rehearsal sets one up).
 func addDefaultRoute(fd int, gw netip.Addr) error {
+	var old rtentry
+	old.dst.Family = unix.AF_INET
+	old.genmask.Family = unix.AF_INET
+	for {
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCDELRT, uintptr(unsafe.Pointer(&old)))
+		if errno != 0 {
+			break // ESRCH: none left
+		}
+	}
 	rt := rtentry{flags: unix.RTF_UP | unix.RTF_GATEWAY}
 	rt.dst.Family = unix.AF_INET
 	rt.genmask.Family = unix.AF_INET
 	rt.gateway.Family = unix.AF_INET
 	rt.gateway.Addr = gw.As4()
 	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCADDRT, uintptr(unsafe.Pointer(&rt)))
-	if errno != 0 && errno != unix.EEXIST {
+	if errno != 0 {
 		return fmt.Errorf("network: default route via %s: %w", gw, errno)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"syscall"
 	"time"
 
@@ -34,7 +35,8 @@ const rehearsalArg0 = "flick-rehearsal"
 
 // rehearse goes through the steps of a start with cfg, short of running an
 // app: set the clock and reseed, name the host, resolve the app in its
-// root and read its binary, start and reap a process, report. It runs in a zygote, whose
+// root and read its binary, configure the network, start and reap a
+// process, report. It runs in a zygote, whose
 // restored VM has no translated code under TCG, so that the start that
 // claims it finds these paths translated. Whatever it changes, the real
 // config sets again.
@@ -42,8 +44,24 @@ func rehearse(p *port, cfg wire.Config) {
 	t0 := time.Now()
 	applyHostState(cfg)
 	if root, err := openRootDir(newRoot); err == nil {
-		if err := setHostname(root, cfg.Hostname); err != nil {
+		if err := setHostname(root, cfg.Hostname, cfg.Net); err != nil {
 			logf("rehearse: %v", err)
+		}
+		if cfg.Net != nil {
+			// The host gives a throwaway address; the zygote's TAP is
+			// on no bridge yet. A second address goes through the
+			// paths that replace one, as the real start will.
+			if err := netUp(root, cfg.Net); err != nil {
+				logf("rehearse: %v", err)
+			}
+			if p, err := netip.ParsePrefix(cfg.Net.Address); err == nil {
+				again := *cfg.Net
+				again.Address = netip.PrefixFrom(p.Addr().Next(), p.Bits()).String()
+				again.MAC = "02:fc:a9:fe:00:03"
+				if err := netUp(root, &again); err != nil {
+					logf("rehearse: %v", err)
+				}
+			}
 		}
 		if len(cfg.Args) > 0 {
 			if l, err := planApp(root, cfg); err == nil {

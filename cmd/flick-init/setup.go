@@ -1,6 +1,7 @@
 package main
 
 import (
+	"net/netip"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -192,8 +193,9 @@ func mountUpper(cfg wire.Config) error {
 }
 
 // setHostname names the machine and writes /etc/hostname and /etc/hosts in
-// the app's root.
-func setHostname(root rootDir, name string) error {
+// the app's root; the name resolves to the guest's address on its network
+// when it has one (n), else to 127.0.1.1.
+func setHostname(root rootDir, name string, n *wire.Net) error {
 	if name == "" {
 		return nil
 	}
@@ -206,7 +208,13 @@ func setHostname(root rootDir, name string) error {
 	if err := root.writeFile("/etc/hostname", []byte(name+"\n"), 0o644); err != nil {
 		return fmt.Errorf("write /etc/hostname: %w", err)
 	}
-	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + name + "\n"
+	self := "127.0.1.1"
+	if n != nil {
+		if p, err := netip.ParsePrefix(n.Address); err == nil {
+			self = p.Addr().String()
+		}
+	}
+	hosts := "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n" + self + "\t" + name + "\n"
 	if err := root.writeFile("/etc/hosts", []byte(hosts), 0o644); err != nil {
 		return fmt.Errorf("write /etc/hosts: %w", err)
 	}

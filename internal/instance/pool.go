@@ -162,6 +162,11 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 func rehearse(ctx context.Context, ctl net.Conn, drill wire.Config) error {
 	drill.Hostname = "zygote"
 	drill.TimeNS = time.Now().UnixNano()
+	if drill.Net != nil {
+		// A link-local stand-in: the zygote's TAP is on no bridge until
+		// a start claims it and sends the real address.
+		drill.Net = &wire.Net{MAC: "02:fc:a9:fe:00:02", Address: "169.254.0.2/16", Gateway: "169.254.0.1", DNS: []string{"169.254.0.1"}, Search: drill.Net.Search}
+	}
 	payload, _ := json.Marshal(drill)
 	dl, _ := ctx.Deadline()
 	_ = ctl.SetDeadline(dl)

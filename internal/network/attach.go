@@ -32,8 +32,6 @@ type Attachment struct {
 	Gateway string            `json:"gateway"`
 	MAC     string            `json:"mac"`
 	Ports   []api.PortMapping `json:"ports,omitempty"`
-	// TAP is the interface of the instance's VM while it has one.
-	TAP string `json:"tap,omitempty"`
 	// Standby is set while the instance's VM is saved: its address and
 	// ports stay its own, and connections to the ports are held by the
 	// proxy rather than forwarded by the kernel.
@@ -102,7 +100,7 @@ func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, erro
 			if err := m.saveLocked(a); err != nil {
 				return Attachment{}, err
 			}
-			if err := m.applyLocked(); err != nil {
+			if err := m.addForwardsLocked(a); err != nil {
 				return Attachment{}, err
 			}
 		}
@@ -143,12 +141,62 @@ func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, erro
 		m.dropLocked(a)
 		return Attachment{}, err
 	}
-	if err := m.applyLocked(); err != nil {
+	if err := m.addForwardsLocked(a); err != nil {
 		m.dropLocked(a)
 		_ = m.cfg.DB.Delete(attBucket, a.ID)
 		return Attachment{}, err
 	}
 	return a.Attachment, nil
+}
+
+// forwardsOf is the DNAT rules of a's published ports: none for a loopback
+// or IPv6 host address, which only the proxy serves.
+func forwardsOf(a *attState) []nft.Forward {
+	ip, err := netip.ParseAddr(a.IP)
+	if err != nil {
+		return nil
+	}
+	var out []nft.Forward
+	for _, p := range a.Ports {
+		var host netip.Addr
+		if p.HostIP != "" {
+			h, err := netip.ParseAddr(p.HostIP)
+			if err != nil || !h.Is4() || h.IsLoopback() {
+				continue
+			}
+			if !h.IsUnspecified() {
+				host = h
+			}
+		}
+		out = append(out, nft.Forward{
+			Proto: p.Protocol, HostIP: host, HostPort: uint16(p.HostPort),
+			GuestIP: ip, GuestPort: uint16(p.GuestPort), Tag: a.ID,
+		})
+	}
+	return out
+}
+
+// addForwardsLocked adds the DNAT rules of a's ports, without rewriting
+// the table: a start costs no RCU grace period in the kernel.
+func (m *Manager) addForwardsLocked(a *attState) error {
+	fs := forwardsOf(a)
+	if len(fs) == 0 {
+		return nil
+	}
+	if err := nft.AddForwards(m.cfg.NS.FD(), m.cfg.Table, fs); err != nil {
+		return fmt.Errorf("publish the ports of %s: %w", a.Name, err)
+	}
+	return nil
+}
+
+// deleteForwardsLocked removes the DNAT rules of a's ports.
+func (m *Manager) deleteForwardsLocked(a *attState) {
+	if len(forwardsOf(a)) == 0 {
+		return
+	}
+	if err := nft.DeleteForwards(m.cfg.NS.FD(), m.cfg.Table, a.ID); err != nil {
+		m.log.Warn("unpublish ports", "instance", a.Name, "err", err)
+	}
 }
 
 func (m *Manager) saveLocked(a *attState) error {
@@ -305,7 +353,8 @@ func (m *Manager) Standby(id string) error {
 	if err := m.saveLocked(a); err != nil {
 		return err
 	}
-	return m.applyLocked()
+	m.deleteForwardsLocked(a)
+	return nil
 }
 
 // Detach gives back an instance's address and ports.
@@ -320,8 +369,8 @@ func (m *Manager) Detach(id string) {
 	if err := m.cfg.DB.Delete(attBucket, id); err != nil {
 		m.log.Warn("forget attachment", "instance", a.Name, "err", err)
 	}
-	if err := m.applyLocked(); err != nil {
-		m.log.Warn("nftables", "err", err)
+	if !a.Standby {
+		m.deleteForwardsLocked(a)
 	}
 }
 
@@ -338,8 +387,8 @@ func (m *Manager) Attachment(id string) (Attachment, bool) {
 
 // Reconcile settles the store with the instances a restarted daemon found:
 // attachments of instances that keep says are gone are given back, the
-// ports of the rest are bound again, TAPs nobody owns are removed and the
-// rules rewritten.
+// ports of the rest are bound again and the rules rewritten. TAPs need no
+// sweep: each lives only as long as the VMM holding it.
 func (m *Manager) Reconcile(keep func(id string) bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -358,18 +407,6 @@ func (m *Manager) Reconcile(keep func(id string) bool) {
 			}
 		}
 	}
-	if _, taps, err := m.links(); err == nil {
-		owned := map[string]bool{}
-		for _, a := range m.atts {
-			owned[a.TAP] = true
-		}
-		for _, t := range taps {
-			if !owned[t] {
-				m.log.Info("removing a TAP nobody owns", "tap", t)
-				_ = m.deleteLink(t)
-			}
-		}
-	}
 	if err := m.applyLocked(); err != nil {
 		m.log.Warn("nftables", "err", err)
 	}
@@ -383,28 +420,8 @@ func (m *Manager) applyLocked() error {
 		rs.Networks = append(rs.Networks, nft.Network{Bridge: n.Bridge, Subnet: n.subnet, Gateway: n.gw})
 	}
 	for _, a := range m.atts {
-		if a.Standby {
-			continue
-		}
-		ip, err := netip.ParseAddr(a.IP)
-		if err != nil {
-			continue
-		}
-		for _, p := range a.Ports {
-			var host netip.Addr
-			if p.HostIP != "" {
-				h, err := netip.ParseAddr(p.HostIP)
-				if err != nil || !h.Is4() || h.IsLoopback() {
-					continue // served by the proxy alone
-				}
-				if !h.IsUnspecified() {
-					host = h
-				}
-			}
-			rs.Forwards = append(rs.Forwards, nft.Forward{
-				Proto: p.Protocol, HostIP: host, HostPort: uint16(p.HostPort),
-				GuestIP: ip, GuestPort: uint16(p.GuestPort),
-			})
+		if !a.Standby {
+			rs.Forwards = append(rs.Forwards, forwardsOf(a)...)
 		}
 	}
 	if err := nft.Apply(m.cfg.NS.FD(), rs); err != nil {
@@ -422,7 +439,7 @@ func (m *Manager) OpenTAP(id string) (*os.File, string, error) {
 	return f, name, err
 }
 
-// Plug puts a TAP on instance id's network, as that instance's.
+// Plug puts a TAP on instance id's network.
 func (m *Manager) Plug(id, tap string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -434,14 +451,7 @@ func (m *Manager) Plug(id, tap string) error {
 	if !ok {
 		return errdefs.NotFound("network %s not found", a.Network)
 	}
-	if err := m.plugTAP(tap, n.Bridge); err != nil {
-		return err
-	}
-	if a.TAP != tap {
-		a.TAP = tap
-		return m.saveLocked(a)
-	}
-	return nil
+	return m.plugTAP(tap, n.Bridge)
 }
 
 // lookupName answers DNS for an instance name on a network.

@@ -85,23 +85,21 @@ func (m *Manager) deleteLink(name string) error {
 	return m.nl.LinkDel(link)
 }
 
-// links lists the names of flick's interfaces: bridges of user networks,
-// the default bridge and TAPs.
-func (m *Manager) links() (bridges, taps []string, err error) {
+// bridges lists flick's bridges: the default one and those of user
+// networks.
+func (m *Manager) bridges() ([]string, error) {
 	all, err := m.nl.LinkList()
 	if err != nil {
-		return nil, nil, fmt.Errorf("list interfaces: %w", err)
+		return nil, fmt.Errorf("list interfaces: %w", err)
 	}
+	var out []string
 	for _, l := range all {
 		n := l.Attrs().Name
-		switch {
-		case l.Type() == "bridge" && (n == defaultBridge || strings.HasPrefix(n, bridgePrefix)):
-			bridges = append(bridges, n)
-		case l.Type() == "tuntap" && strings.HasPrefix(n, tapPrefix):
-			taps = append(taps, n)
+		if l.Type() == "bridge" && (n == defaultBridge || strings.HasPrefix(n, bridgePrefix)) {
+			out = append(out, n)
 		}
 	}
-	return bridges, taps, nil
+	return out, nil
 }
 
 // ifreqFlags is struct ifreq with the flags member of its union.
@@ -166,15 +164,15 @@ func (m *Manager) hostRoutes(ours map[string]bool) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	for _, r := range routes {
 		if r.Dst == nil {
-			continue // the default route overlaps everything by design
+			continue
 		}
 		if l, err := m.nl.LinkByIndex(r.LinkIndex); err == nil && ours[l.Attrs().Name] {
 			continue
 		}
 		ones, _ := r.Dst.Mask.Size()
 		a, ok := netip.AddrFromSlice(r.Dst.IP.To4())
-		if !ok {
-			continue
+		if !ok || ones == 0 {
+			continue // a default route overlaps everything by design
 		}
 		out = append(out, netip.PrefixFrom(a, ones).Masked())
 	}

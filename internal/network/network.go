@@ -135,7 +135,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if _, ok := m.nets[api.NetworkDefault]; !ok {
 		if _, err := m.create(ctx, api.NetworkCreateRequest{Name: api.NetworkDefault, Subnet: cfg.DefaultSubnet}); err != nil {
 			m.Close()
-			return nil, fmt.Errorf("default network: %w (choose another with flickd --default-subnet)", err)
+			return nil, fmt.Errorf("default network: %w", err)
 		}
 	}
 	return m, nil
@@ -179,7 +179,7 @@ func (m *Manager) load() error {
 	for _, a := range atts {
 		m.atts[a.ID] = &attState{Attachment: a}
 	}
-	bridges, _, err := m.links()
+	bridges, err := m.bridges()
 	if err != nil {
 		return err
 	}
@@ -263,7 +263,10 @@ func (m *Manager) create(_ context.Context, req api.NetworkCreateRequest) (api.N
 			return api.Network{}, err
 		}
 		if err := m.checkFree(subnet, routes); err != nil {
-			return api.Network{}, err
+			if req.Name == api.NetworkDefault {
+				return api.Network{}, fmt.Errorf("%w: give flickd another --default-subnet", err)
+			}
+			return api.Network{}, fmt.Errorf("%w: choose another --subnet", err)
 		}
 	} else {
 		if subnet, err = m.pickSubnet(routes); err != nil {
@@ -305,12 +308,12 @@ func (m *Manager) create(_ context.Context, req api.NetworkCreateRequest) (api.N
 func (m *Manager) checkFree(subnet netip.Prefix, routes []netip.Prefix) error {
 	for _, n := range m.nets {
 		if overlaps(n.subnet, subnet) {
-			return errdefs.InvalidArgument("subnet %s overlaps network %s (%s): choose another --subnet", subnet, n.Name, n.Subnet)
+			return errdefs.InvalidArgument("subnet %s overlaps network %s (%s)", subnet, n.Name, n.Subnet)
 		}
 	}
 	for _, r := range routes {
 		if overlaps(r, subnet) {
-			return errdefs.InvalidArgument("subnet %s overlaps the host's route to %s: choose another --subnet", subnet, r)
+			return errdefs.InvalidArgument("subnet %s overlaps the host's route to %s", subnet, r)
 		}
 	}
 	return nil

@@ -3,6 +3,7 @@ package network
 import (
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -163,3 +164,53 @@ func TestManager(t *testing.T) {
 }
 
 var testNSCounter atomic.Int64
+
+// BenchmarkAttach measures what a start on a network costs the daemon: an
+// address (no published port) and a TAP plugged into the bridge. Giving
+// them back happens at stop, and a TAP goes with its VMM, so neither is
+// timed.
+func BenchmarkAttach(b *testing.B) {
+	testenv.RequireRoot(b)
+	name := fmt.Sprintf("flbench%d", testNSCounter.Add(1))
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		b.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	defer exec.Command("ip", "netns", "del", name).Run()
+	ns, err := netns.Open(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ns.Close()
+	db, err := store.Open(filepath.Join(b.TempDir(), "db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer db.Close()
+	m, err := New(b.Context(), Config{DB: db, NS: ns, Upstreams: []string{"127.0.0.1:1"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer m.Close()
+	var ids []string
+	var taps []*os.File
+	for b.Loop() {
+		id := fmt.Sprintf("%012x0000", len(ids))
+		a, err := m.Attach(b.Context(), AttachRequest{ID: id, Name: "x" + id})
+		if err != nil {
+			b.Fatal(err)
+		}
+		f, tap, err := m.OpenTAP(a.ID)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := m.Plug(a.ID, tap); err != nil {
+			b.Fatal(err)
+		}
+		ids, taps = append(ids, id), append(taps, f)
+	}
+	b.StopTimer()
+	for i, id := range ids {
+		taps[i].Close()
+		m.Detach(id)
+	}
+}

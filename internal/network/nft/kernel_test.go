@@ -281,3 +281,52 @@ func TestApplyNamespaceOnFD0(t *testing.T) {
 		t.Errorf("Apply(0, ...) did not make table %s in the namespace on fd 0", table)
 	}
 }
+
+// TestForwardsInKernel adds published ports to a table without replacing
+// it and removes those of one owner only; Apply again keeps them.
+func TestForwardsInKernel(t *testing.T) {
+	testenv.RequireRoot(t)
+	ns := newNS(t, uniquePrefix(t)+"f")
+	base := Ruleset{Networks: []Network{{Bridge: "br0", Subnet: netip.MustParsePrefix("10.99.0.0/24"), Gateway: netip.MustParseAddr("10.99.0.1")}}}
+	if err := Apply(ns.fd(), base); err != nil {
+		t.Fatal(err)
+	}
+	fwd := func(port uint16, tag string) Forward {
+		return Forward{Proto: "tcp", HostPort: port, GuestIP: netip.MustParseAddr("10.99.0.2"), GuestPort: 80, Tag: tag}
+	}
+	if err := AddForwards(ns.fd(), "", []Forward{fwd(8080, "a"), fwd(8081, "a")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := AddForwards(ns.fd(), "", []Forward{fwd(9090, "ab")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := dnatTargets(t, ns, DefaultTable); len(got) != 3 {
+		t.Fatalf("after adding: %d DNAT rules, want 3", len(got))
+	}
+	if err := DeleteForwards(ns.fd(), "", "a"); err != nil {
+		t.Fatal(err)
+	}
+	// "ab" is another owner, not one whose tag merely ends in "a"'s.
+	if got := dnatTargets(t, ns, DefaultTable); len(got) != 1 {
+		t.Fatalf("after deleting a's: %d DNAT rules, want ab's one", len(got))
+	}
+	if err := DeleteForwards(ns.fd(), "", "nobody"); err != nil {
+		t.Errorf("delete of an owner with no rules: %v", err)
+	}
+	if err := DeleteForwards(ns.fd(), "", "two words"); err == nil {
+		t.Errorf("a tag with a space was taken")
+	}
+	if err := AddForwards(ns.fd(), "", []Forward{{Proto: "sctp", HostPort: 1, GuestIP: netip.MustParseAddr("10.99.0.2"), GuestPort: 1}}); err == nil {
+		t.Errorf("a bad forward was added")
+	}
+	// Apply with the full set leaves exactly it.
+	full := base
+	full.Forwards = []Forward{fwd(7000, "c")}
+	if err := Apply(ns.fd(), full); err != nil {
+		t.Fatal(err)
+	}
+	if got := dnatTargets(t, ns, DefaultTable); len(got) != 1 {
+		t.Fatalf("after Apply: %d DNAT rules, want 1", len(got))
+	}
+	checkTable(t, ns, full)
+}

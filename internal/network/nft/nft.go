@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 
 	"github.com/flick-vm/flick/internal/errdefs"
@@ -37,6 +38,9 @@ type Forward struct {
 	HostPort  uint16
 	GuestIP   netip.Addr
 	GuestPort uint16
+	// Tag names the forward's owner (an instance id) for DeleteForwards;
+	// it must not contain spaces.
+	Tag string
 }
 
 // Ruleset is everything flickd's table holds.
@@ -64,13 +68,24 @@ func Apply(nsFD int, rs Ruleset) error {
 	}
 	defer done()
 
-	// Adding the table first makes the delete valid whether or not the
-	// table existed; the kernel applies the batch as one transaction.
-	conn.AddTable(p.table)
-	conn.DelTable(p.table)
-	conn.AddTable(p.table)
-	for _, c := range p.chains {
-		conn.AddChain(c)
+	if sameChains(conn, p) {
+		// The table has our chains and no others: emptying them and
+		// filling them again is as atomic and far cheaper than a new
+		// table, whose removal makes the kernel wait for an RCU grace
+		// period (10-17 ms here, against 0.5 ms).
+		for _, c := range p.chains {
+			conn.FlushChain(c)
+		}
+	} else {
+		// Adding the table first makes the delete valid whether or not
+		// the table existed; the kernel applies the batch as one
+		// transaction.
+		conn.AddTable(p.table)
+		conn.DelTable(p.table)
+		conn.AddTable(p.table)
+		for _, c := range p.chains {
+			conn.AddChain(c)
+		}
 	}
 	for _, r := range p.rules {
 		conn.AddRule(r)
@@ -79,6 +94,119 @@ func Apply(nsFD int, rs Ruleset) error {
 		return fmt.Errorf("apply nftables table inet %s: %w", p.table.Name, err)
 	}
 	return nil
+}
+
+// AddForwards appends the DNAT rules of fs to the table (DefaultTable
+// when empty) that Apply made, in one transaction. Nothing is removed, so
+// the kernel commits at once instead of waiting for an RCU grace period as
+// it does when rules go: a start that publishes ports pays well under a
+// millisecond.
+func AddForwards(nsFD int, table string, fs []Forward) error {
+	rs, err := validate(Ruleset{Table: table, Forwards: fs})
+	if err != nil {
+		return err
+	}
+	p, err := build(rs)
+	if err != nil {
+		return err
+	}
+	conn, done, err := connect(nsFD)
+	if err != nil {
+		return err
+	}
+	defer done()
+	for _, r := range p.rules {
+		if r.Chain.Name == ChainPrerouting {
+			conn.AddRule(r)
+		}
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("add published ports to nftables table inet %s: %w", rs.Table, err)
+	}
+	return nil
+}
+
+// DeleteForwards removes the DNAT rules tagged tag from the table
+// (DefaultTable when empty), in one transaction; none is not an error.
+func DeleteForwards(nsFD int, table, tag string) error {
+	if table == "" {
+		table = DefaultTable
+	}
+	if tag == "" || strings.ContainsAny(tag, " \t") {
+		return errdefs.InvalidArgument("forward tag %q: want a word", tag)
+	}
+	conn, done, err := connect(nsFD)
+	if err != nil {
+		return err
+	}
+	defer done()
+	t := &nftables.Table{Name: table, Family: nftables.TableFamilyINet}
+	rules, err := conn.GetRules(t, &nftables.Chain{Name: ChainPrerouting, Table: t})
+	if err != nil {
+		return fmt.Errorf("list published ports in nftables table inet %s: %w", table, err)
+	}
+	n := 0
+	for _, r := range rules {
+		if c, ok := userdata.GetString(r.UserData, userdata.TypeComment); ok && strings.HasSuffix(c, tagSep+tag) {
+			if err := conn.DelRule(r); err != nil {
+				return fmt.Errorf("delete published port of %s: %w", tag, err)
+			}
+			n++
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("delete published ports of %s from nftables table inet %s: %w", tag, table, err)
+	}
+	return nil
+}
+
+// sameChains says whether the table of p exists with exactly p's chains,
+// each with the same type, hook, priority and policy.
+func sameChains(conn *nftables.Conn, p plan) bool {
+	have, err := conn.ListChainsOfTableFamily(nftables.TableFamilyINet)
+	if err != nil {
+		return false
+	}
+	want := map[string]*nftables.Chain{}
+	for _, c := range p.chains {
+		want[c.Name] = c
+	}
+	n := 0
+	for _, c := range have {
+		if c.Table == nil || c.Table.Name != p.table.Name {
+			continue
+		}
+		w, ok := want[c.Name]
+		if !ok || c.Type != w.Type || !sameHook(c.Hooknum, w.Hooknum) || !samePriority(c.Priority, w.Priority) || !samePolicy(c.Policy, w.Policy) {
+			return false
+		}
+		n++
+	}
+	return n == len(p.chains)
+}
+
+func sameHook(a, b *nftables.ChainHook) bool {
+	return a != nil && b != nil && *a == *b
+}
+
+func samePriority(a, b *nftables.ChainPriority) bool {
+	return a != nil && b != nil && *a == *b
+}
+
+// samePolicy treats a base chain without a policy as accepting, as the
+// kernel does.
+func samePolicy(a, b *nftables.ChainPolicy) bool {
+	pa, pb := nftables.ChainPolicyAccept, nftables.ChainPolicyAccept
+	if a != nil {
+		pa = *a
+	}
+	if b != nil {
+		pb = *b
+	}
+	return pa == pb
 }
 
 // Delete removes flickd's table (DefaultTable when table is empty) from the

@@ -79,17 +79,9 @@ func build(rs Ruleset) (plan, error) {
 	// prerouting, and a loopback HostIP can only be reached from it, so
 	// flickd serves those with a proxy instead.
 	for _, f := range rs.Forwards {
-		if f.HostIP.IsLoopback() {
-			continue
+		if r := forwardRule(t, pre, f); r != nil {
+			p.rules = append(p.rules, r)
 		}
-		proto, _ := l4proto(f.Proto) // validated
-		match := [][]expr.Any{nfprotoIPv4(), l4protoIs(proto), dportIs(f.HostPort)}
-		if !anyHost(f.HostIP) {
-			match = append(match, ipDaddrIs(f.HostIP))
-		}
-		// The route lookup last: it is the dearest test.
-		match = append(match, fibDaddrLocal(), dnat(f.GuestIP, f.GuestPort))
-		add(pre, fmt.Sprintf("publish %s %s to %s", f.Proto, hostAddr(f), netip.AddrPortFrom(f.GuestIP, f.GuestPort)), match...)
 	}
 
 	for _, n := range rs.Networks {
@@ -129,6 +121,36 @@ func build(rs Ruleset) (plan, error) {
 	}
 	return p, nil
 }
+
+// forwardRule is the DNAT rule of a validated f in chain pre, or nil for
+// a loopback HostIP. Its comment ends with " for TAG" when f has a tag.
+func forwardRule(t *nftables.Table, pre *nftables.Chain, f Forward) *nftables.Rule {
+	if f.HostIP.IsLoopback() {
+		return nil
+	}
+	proto, _ := l4proto(f.Proto) // validated
+	match := []expr.Any{}
+	match = append(match, nfprotoIPv4()...)
+	match = append(match, l4protoIs(proto)...)
+	match = append(match, dportIs(f.HostPort)...)
+	if !anyHost(f.HostIP) {
+		match = append(match, ipDaddrIs(f.HostIP)...)
+	}
+	// The route lookup last: it is the dearest test.
+	match = append(match, fibDaddrLocal()...)
+	match = append(match, dnat(f.GuestIP, f.GuestPort)...)
+	comment := fmt.Sprintf("publish %s %s to %s", f.Proto, hostAddr(f), netip.AddrPortFrom(f.GuestIP, f.GuestPort))
+	if f.Tag != "" {
+		comment += tagSep + f.Tag
+	}
+	return &nftables.Rule{
+		Table: t, Chain: pre, Exprs: match,
+		UserData: userdata.AppendString(nil, userdata.TypeComment, comment),
+	}
+}
+
+// tagSep ends a forward's comment before its tag.
+const tagSep = " for "
 
 // ifname is an interface name as the kernel compares it: IFNAMSIZ bytes,
 // NUL padded.
