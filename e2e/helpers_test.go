@@ -58,6 +58,8 @@ type env struct {
 	// netns is the network namespace the daemon keeps its VMs' networks
 	// in, made for this test: nothing of the host's networking is touched.
 	netns string
+	// extra are more flags for flickd, for the next startDaemon.
+	extra []string
 
 	dir  string // short temporary directory holding root, socket and log
 	root string
@@ -181,7 +183,8 @@ func (e *env) startDaemon() {
 	}
 	defer logf.Close()
 	fmt.Fprintf(logf, "=== %s: starting flickd\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(e.daemon, "--root", e.root, "--socket", e.sock, "--kernel", e.kernel, "--init", e.init, "--netns", e.netns)
+	args := append([]string{"--root", e.root, "--socket", e.sock, "--kernel", e.kernel, "--init", e.init, "--netns", e.netns}, e.extra...)
+	cmd := exec.Command(e.daemon, args...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+
 	"github.com/flick-vm/flick/internal/netns"
 	"github.com/flick-vm/flick/internal/testenv"
 )
@@ -20,7 +22,8 @@ import (
 // with its hostname and the client's address, and echoes UDP on :7000;
 // "get URL [SECONDS]" fetches a URL, retrying for SECONDS (default 6), and
 // prints the body;
-// "cat FILE" prints a file; "ifaces" lists the network interfaces.
+// "cat FILE" prints a file; "lookup NAME" resolves a name; "ifaces" lists
+// the network interfaces.
 const probeSource = `package main
 
 import (
@@ -82,6 +85,13 @@ func main() {
 			os.Exit(1)
 		}
 		os.Stdout.Write(b)
+	case "lookup":
+		addrs, err := net.LookupHost(os.Args[2])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(addrs[0])
 	case "ifaces":
 		ifs, _ := net.Interfaces()
 		for _, i := range ifs {
@@ -376,6 +386,36 @@ func TestNetworks(t *testing.T) {
 		r = e.must("run", "--rm", "--network", "team-a", probe, "get", "http://api/")
 		if !strings.HasPrefix(r.stdout, "host=api") {
 			t.Errorf("GET api from team-a: %q", r.stdout)
+		}
+	})
+	t.Run("other names go upstream", func(t *testing.T) {
+		// A resolver standing for the host's: flickd --dns sends it what
+		// is not an instance's name.
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, req *dns.Msg) {
+			m := new(dns.Msg)
+			m.SetReply(req)
+			if q := req.Question[0]; q.Name == "outside.test." && q.Qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP("203.0.113.7")})
+			} else {
+				m.Rcode = dns.RcodeNameError
+			}
+			_ = w.WriteMsg(m)
+		})}
+		go srv.ActivateAndServe()
+		defer srv.Shutdown()
+		e.stopDaemon()
+		e.extra = []string{"--dns", pc.LocalAddr().String()}
+		e.startDaemon()
+		r := e.must("run", "--rm", "--network", "team-a", probe, "lookup", "outside.test")
+		if r.stdout != "203.0.113.7\n" {
+			t.Errorf("lookup outside.test through the network's resolver: %q", r.stdout)
+		}
+		if r := e.must("run", "--rm", "--network", "team-a", probe, "lookup", "api.flick.internal"); r.stdout != api.IP+"\n" {
+			t.Errorf("lookup api.flick.internal after a daemon restart: %q, want %s", r.stdout, api.IP)
 		}
 	})
 	t.Run("isolated", func(t *testing.T) {

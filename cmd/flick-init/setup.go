@@ -1,12 +1,12 @@
 package main
 
 import (
-	"net/netip"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"

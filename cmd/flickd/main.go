@@ -33,6 +33,10 @@ func main() {
 	flag.BoolVar(&cfg.NoNetwork, "no-network", false, "give instances loopback only: no bridge, NAT, published ports or DNS")
 	flag.StringVar(&cfg.NetNS, "netns", "", "network namespace (name from ip netns, or a path) for the VMs' bridges, TAPs, rules and published ports; default flickd's own")
 	flag.StringVar(&cfg.DefaultSubnet, "default-subnet", "10.77.0.0/16", "subnet of the network \"default\", when flickd first makes it")
+	flag.Func("dns", "DNS server (IP or IP:PORT) for guests' names outside flick.internal; repeat for more (default the host's /etc/resolv.conf)", func(v string) error {
+		cfg.DNS = append(cfg.DNS, v)
+		return nil
+	})
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()

@@ -47,7 +47,10 @@ type RunConfig struct {
 	// DefaultSubnet is the subnet of the network "default" when it is
 	// made, at the first start.
 	DefaultSubnet string
-	Logger        *slog.Logger
+	// DNS are the servers that guests' names outside flick.internal go
+	// to (ip or ip:port); default the host's /etc/resolv.conf.
+	DNS    []string
+	Logger *slog.Logger
 }
 
 // Run wires the daemon's parts together and serves until ctx ends. VMs
@@ -94,7 +97,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 			defer ns.Close()
 		}
 		nets, err = network.New(ctx, network.Config{
-			DB: db, NS: ns, Logger: log, DefaultSubnet: cfg.DefaultSubnet,
+			DB: db, NS: ns, Logger: log, DefaultSubnet: cfg.DefaultSubnet, Upstreams: cfg.DNS,
 			// mgr is set before any request can ask.
 			Users: func(n string) []string { return mgr.NetworkUsers(n) },
 		})
