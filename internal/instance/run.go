@@ -452,7 +452,8 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		return fail(fmt.Errorf("%w; console: %s", err, vmm.LastLines(readFileString(consoleLog), 8)))
 	}
 
-	if ready != nil {
+	if ready != nil && b.resume == "" {
+		// A resumed app was ready when it was saved, and is again.
 		rctx, cancel := context.WithTimeout(context.Background(), time.Duration(ready.TimeoutMS)*time.Millisecond+10*time.Second)
 		err := r.agent.Ready(rctx, *ready)
 		cancel()

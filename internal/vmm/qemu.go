@@ -150,6 +150,13 @@ func ramObject(spec Spec, mem int, ramFile string) string {
 	if spec.Restore != nil && spec.Restore.RAM != "" {
 		return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=off", mem, spec.Restore.RAM)
 	}
+	if spec.Restore != nil {
+		// The memory comes in the stream. QEMU reads every page it is
+		// told is zero to see whether it must clear it: on anonymous
+		// memory that maps the shared zero page, where a file would
+		// allocate and clear a page of its own for each one.
+		return fmt.Sprintf("memory-backend-ram,id=mem,size=%dM", mem)
+	}
 	return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", mem, ramFile)
 }
 
@@ -187,6 +194,18 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 			return nil, errors.New("start qemu: the NIC has no TAP")
 		}
 		cmd.ExtraFiles = []*os.File{spec.NIC.TAP}
+	}
+	// A restore reads its device state from a descriptor QEMU inherits:
+	// no shell and no cat between the file and the VMM.
+	stateFD := 0
+	if spec.Restore != nil {
+		f, err := os.Open(spec.Restore.State)
+		if err != nil {
+			return nil, fmt.Errorf("restore snapshot: %w", err)
+		}
+		defer f.Close()
+		cmd.ExtraFiles = append(cmd.ExtraFiles, f)
+		stateFD = 2 + len(cmd.ExtraFiles)
 	}
 	// Its own process group: a signal to the daemon's terminal does not
 	// reach the VMs, which outlive a daemon restart.
@@ -237,7 +256,7 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 	}
 	vm.handle.StartTime, _ = procStartTime(vm.handle.PID)
 	if spec.Restore != nil {
-		if err := vm.incoming(ctx, *spec.Restore); err != nil {
+		if err := vm.incoming(ctx, *spec.Restore, stateFD); err != nil {
 			_ = vm.Kill()
 			<-vm.done
 			return nil, fmt.Errorf("restore snapshot: %w; console: %s", err, lastLines(spec.ConsoleLog, 3))
@@ -255,11 +274,11 @@ func ignoreShared(on bool) map[string]any {
 
 // incoming loads a snapshot into a VM started with -incoming defer; the VM
 // stays paused.
-func (v *qemuVM) incoming(ctx context.Context, snap Snapshot) error {
+func (v *qemuVM) incoming(ctx context.Context, snap Snapshot, fd int) error {
 	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared(snap.RAM != "")); err != nil {
 		return err
 	}
-	if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(snap.State)}); err != nil {
+	if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(fd)}); err != nil {
 		return err
 	}
 	return v.waitMigration(ctx)
