@@ -127,6 +127,12 @@ type InstanceConfig struct {
 	Network string `json:"network,omitempty"`
 	// Ports are published ports (-p).
 	Ports []PortMapping `json:"ports,omitempty"`
+	// IdleStandby, in seconds, stands the instance by once its published
+	// ports have had no connection for that long; the next connection
+	// is held while it resumes, then served. Its ports are then served by
+	// flickd's proxy alone, so guests see flickd's address as the
+	// client's. 0 never.
+	IdleStandby int `json:"idle_standby,omitempty"`
 }
 
 // Network names with a meaning of their own.

@@ -160,6 +160,9 @@ func (p *peer) dial(t *testing.T, network, addr string) net.Conn {
 func (p *peer) get(t *testing.T, url string) (string, error) {
 	t.Helper()
 	client := http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		// An idle kept-alive connection would count as a connection
+		// to an instance that stands by when idle.
+		DisableKeepAlives: true,
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			var c net.Conn
 			err := p.ns.Do(func() error {
@@ -443,4 +446,53 @@ func TestNetworks(t *testing.T) {
 		}
 		e.fails(125, []string{"network", "rm", "team-a"}, "not found")
 	})
+}
+
+// TestWakeOnRequest stands an idle instance by and wakes it with the next
+// connections to its published port: every one of them is served.
+func TestWakeOnRequest(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.ScratchGoImage(t, probeSource), probe)
+	client := e.addPeer("c", "192.0.2.1/24", "192.0.2.2/24")
+
+	e.fails(125, []string{"run", "-d", "--idle-standby", "1s", probe, "serve"}, "needs a published port")
+	e.must("run", "-d", "--name", "lazy", "-p", "8090:80", "--idle-standby", "1s", "--ready", "http://:80/", probe, "serve")
+	standing := func() bool {
+		in, _ := e.inspect("lazy")
+		return in.State == "standby"
+	}
+	waitFor(t, 30*time.Second, "the idle instance to stand by", standing)
+
+	// Several connections at once while it stands by: the first wakes it,
+	// all are held, none is dropped.
+	const n = 5
+	errs := make(chan error, n)
+	for range n {
+		go func() {
+			body, err := client.get(t, "http://192.0.2.1:8090/")
+			if err == nil && !strings.HasPrefix(body, "host=lazy remote=") {
+				err = fmt.Errorf("unexpected answer %q", body)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Errorf("GET while standing by: %v", err)
+		}
+	}
+	in, _ := e.inspect("lazy")
+	if in.State != "running" || in.StartMode != "resume" {
+		t.Errorf("after the wake: state %s, start_mode %s; want running, resume", in.State, in.StartMode)
+	}
+	if !e.logged("woken by a connection") {
+		t.Errorf("flickd did not log the wake")
+	}
+
+	// Idle again, it stands by again, and the host's own connection wakes
+	// it as well.
+	waitFor(t, 30*time.Second, "the instance to stand by again", standing)
+	if out := e.inNS("curl", "-sS", "-m", "10", "http://127.0.0.1:8090/"); !strings.HasPrefix(out, "host=lazy") {
+		t.Errorf("GET 127.0.0.1:8090 while standing by: %q", out)
+	}
 }

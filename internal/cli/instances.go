@@ -42,6 +42,7 @@ type createFlags struct {
 	cold        bool
 	publish     []string
 	network     string
+	idleStandby time.Duration
 	fs          *pflag.FlagSet
 }
 
@@ -67,6 +68,7 @@ func (f *createFlags) register(fs *pflag.FlagSet, withName bool) {
 	fs.IntVar(&f.readyTime, "ready-timeout", 0, "seconds the readiness check may take (default 60)")
 	fs.BoolVar(&f.cold, "cold", false, "boot the kernel: neither restore nor take the image's boot snapshot")
 	fs.StringArrayVarP(&f.publish, "publish", "p", nil, "publish a guest port on the host: [IP:][HOSTPORT:]PORT[/udp], ranges as 8000-8001:80-81")
+	fs.DurationVar(&f.idleStandby, "idle-standby", 0, "stand by after this long without connections to the published ports (e.g. 30s); the next connection wakes the instance")
 	fs.StringVar(&f.network, "network", "", "network to join (see flick network ls), or none for loopback only (default \"default\")")
 }
 
@@ -147,6 +149,12 @@ func (f *createFlags) request(image string, cmd []string) (api.CreateRequest, er
 		cfg.Ports = append(cfg.Ports, ms...)
 	}
 	cfg.Network = f.network
+	if f.idleStandby != 0 {
+		if f.idleStandby < time.Second || f.idleStandby%time.Second != 0 {
+			return req, fmt.Errorf("invalid --idle-standby %s: give whole seconds, 1s or more", f.idleStandby)
+		}
+		cfg.IdleStandby = int(f.idleStandby / time.Second)
+	}
 	return req, nil
 }
 

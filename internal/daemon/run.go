@@ -100,6 +100,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 			DB: db, NS: ns, Logger: log, DefaultSubnet: cfg.DefaultSubnet, Upstreams: cfg.DNS,
 			// mgr is set before any request can ask.
 			Users: func(n string) []string { return mgr.NetworkUsers(n) },
+			Wake:  func(ctx context.Context, id string) error { return mgr.Wake(ctx, id) },
 		})
 		if err != nil {
 			return fmt.Errorf("networking: %w (flickd --no-network runs without it)", err)

@@ -49,6 +49,7 @@ type Networks interface {
 	Standby(id string) error
 	Detach(id string)
 	Reconcile(keep func(id string) bool)
+	Activity(id string) (conns int, last time.Time)
 }
 
 // Config configures a Manager.
@@ -461,6 +462,12 @@ func (m *Manager) checkNetwork(c api.InstanceConfig) error {
 	}
 	if err := portspec.Conflicts(c.Ports); err != nil {
 		return errdefs.InvalidArgument("%v", err)
+	}
+	if c.IdleStandby < 0 {
+		return errdefs.InvalidArgument("invalid --idle-standby %ds: give a duration of a second or more", c.IdleStandby)
+	}
+	if c.IdleStandby > 0 && len(c.Ports) == 0 {
+		return errdefs.InvalidArgument("--idle-standby needs a published port (-p) for the connection that wakes the instance")
 	}
 	if c.Network == api.NetworkNone {
 		if len(c.Ports) > 0 {

@@ -311,6 +311,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	if useNet {
 		att, err := m.cfg.Networks.Attach(ctx, network.AttachRequest{
 			ID: rec.ID, Name: rec.Name, Network: netName, Ports: rec.Config.Ports, PrevIP: rec.LastIP,
+			ProxyOnly: rec.Config.IdleStandby > 0,
 		})
 		if err != nil {
 			return fail(err)
@@ -487,6 +488,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 
 	m.wg.Add(1)
 	go m.monitor(in, r, logs)
+	m.watchIdle(in, r)
 	if snapKey != "" && gc.WritableLayer == wire.LayerMemory {
 		// The snapshot is in use (restored, or saved by this start): keep
 		// zygotes of it ready. It was checked on the way in; a zygote that
@@ -667,6 +669,7 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 	m.log.Info("re-attached", "vm", rec.ID, "name", rec.Name, "pid", rec.Handle.PID)
 	m.wg.Add(1)
 	go m.monitor(in, r, logs)
+	m.watchIdle(in, r)
 }
 
 // Stop sends the stop signal, waits up to timeout for the app to exit,
@@ -1120,6 +1123,82 @@ func (m *Manager) Resume(ctx context.Context, ref string) (api.Instance, error) 
 		return m.view(in), errdefs.Conflict("instance %s is %s, not standing by", name, state)
 	}
 	return m.startLocked(context.WithoutCancel(ctx), in)
+}
+
+// Wake brings an instance standing by back for a connection to one of its
+// published ports, and returns once it runs; a running instance needs
+// nothing.
+func (m *Manager) Wake(ctx context.Context, id string) error {
+	in, err := m.lookup(id)
+	if err != nil {
+		return err
+	}
+	in.op.Lock()
+	defer in.op.Unlock()
+	in.mu.Lock()
+	state, name := in.rec.State, in.rec.Name
+	in.mu.Unlock()
+	switch state {
+	case api.StateRunning:
+		return nil
+	case api.StateStandby:
+	default:
+		return errdefs.Conflict("instance %s is %s", name, state)
+	}
+	t0 := time.Now()
+	if _, err := m.startLocked(context.WithoutCancel(ctx), in); err != nil {
+		return err
+	}
+	m.log.Info("woken by a connection", "vm", id, "name", name, "ms", ms(time.Since(t0)))
+	return nil
+}
+
+// watchIdle stands an instance with IdleStandby by once its published
+// ports have had no connection and no traffic for that long, for as long
+// as r runs.
+func (m *Manager) watchIdle(in *inst, r *running) {
+	in.mu.Lock()
+	idle := time.Duration(in.rec.Config.IdleStandby) * time.Second
+	id := in.rec.ID
+	in.mu.Unlock()
+	if idle <= 0 || m.cfg.Networks == nil {
+		return
+	}
+	every := min(max(idle/4, 100*time.Millisecond), time.Second)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		for {
+			select {
+			case <-r.finished:
+				return
+			case <-m.closing:
+				return
+			case <-tick.C:
+			}
+			conns, last := m.cfg.Networks.Activity(id)
+			in.mu.Lock()
+			running := in.run == r && in.rec.State == api.StateRunning
+			if in.rec.Started != nil && in.rec.Started.After(last) {
+				last = *in.rec.Started
+			}
+			in.mu.Unlock()
+			if !running || conns > 0 || time.Since(last) < idle {
+				continue
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			_, err := m.Standby(ctx, id)
+			cancel()
+			if err != nil {
+				m.log.Warn("idle standby", "vm", id, "err", err)
+				continue
+			}
+			m.log.Info("standing by after idling", "vm", id, "idle", idle)
+			return
+		}
+	}()
 }
 
 // queueTimeout bounds how long a start waits for a boot slot.

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/errdefs"
@@ -36,6 +37,10 @@ type Attachment struct {
 	// ports stay its own, and connections to the ports are held by the
 	// proxy rather than forwarded by the kernel.
 	Standby bool `json:"standby,omitempty"`
+	// ProxyOnly serves the ports with the proxy alone, never the kernel's
+	// DNAT, so that every connection is seen: for instances that stand
+	// by when idle.
+	ProxyOnly bool `json:"proxy_only,omitempty"`
 }
 
 // Guest is the network config flick-init applies in the guest.
@@ -70,6 +75,8 @@ type AttachRequest struct {
 	// PrevIP is the address the instance had last time, which it gets
 	// again when it is free.
 	PrevIP string
+	// ProxyOnly: see Attachment.
+	ProxyOnly bool
 }
 
 // Attach gives an instance an address on its network and binds its
@@ -124,14 +131,15 @@ func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, erro
 		return Attachment{}, err
 	}
 	a := &attState{Attachment: Attachment{
-		ID:      req.ID,
-		Name:    strings.ToLower(req.Name),
-		Network: n.Name,
-		IP:      ip.String(),
-		Prefix:  n.subnet.Bits(),
-		Gateway: n.gw.String(),
-		MAC:     macFor(ip),
-		Ports:   append([]api.PortMapping(nil), req.Ports...),
+		ID:        req.ID,
+		Name:      strings.ToLower(req.Name),
+		Network:   n.Name,
+		IP:        ip.String(),
+		Prefix:    n.subnet.Bits(),
+		Gateway:   n.gw.String(),
+		MAC:       macFor(ip),
+		Ports:     append([]api.PortMapping(nil), req.Ports...),
+		ProxyOnly: req.ProxyOnly,
 	}}
 	if err := m.bindLocked(a); err != nil {
 		return Attachment{}, err
@@ -153,7 +161,7 @@ func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, erro
 // or IPv6 host address, which only the proxy serves.
 func forwardsOf(a *attState) []nft.Forward {
 	ip, err := netip.ParseAddr(a.IP)
-	if err != nil {
+	if err != nil || a.ProxyOnly {
 		return nil
 	}
 	var out []nft.Forward
@@ -249,7 +257,9 @@ func (m *Manager) bindLocked(a *attState) error {
 }
 
 // target is where a proxied connection to instance id's guestPort goes.
-func (m *Manager) target(_ context.Context, id string, guestPort uint16) (netip.AddrPort, error) {
+// An instance standing by is woken first, when the daemon wakes
+// instances (Config.Wake); the connection waits meanwhile.
+func (m *Manager) target(ctx context.Context, id string, guestPort uint16) (netip.AddrPort, error) {
 	m.mu.Lock()
 	a, ok := m.atts[id]
 	var ip netip.Addr
@@ -263,9 +273,32 @@ func (m *Manager) target(_ context.Context, id string, guestPort uint16) (netip.
 		return netip.AddrPort{}, fmt.Errorf("instance %s has no network", id)
 	}
 	if standby {
-		return netip.AddrPort{}, fmt.Errorf("instance %s is standing by", id)
+		if m.cfg.Wake == nil {
+			return netip.AddrPort{}, fmt.Errorf("instance %s is standing by", id)
+		}
+		if err := m.cfg.Wake(ctx, id); err != nil {
+			return netip.AddrPort{}, fmt.Errorf("wake instance %s: %w", id, err)
+		}
 	}
 	return netip.AddrPortFrom(ip, guestPort), nil
+}
+
+// Activity says how many connections an instance's published ports hold
+// now and when a byte last moved through them.
+func (m *Manager) Activity(id string) (conns int, last time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	a, ok := m.atts[id]
+	if !ok {
+		return 0, time.Time{}
+	}
+	for _, p := range a.proxies {
+		conns += p.Conns()
+		if t := p.LastActive(); t.After(last) {
+			last = t
+		}
+	}
+	return conns, last
 }
 
 // holder names who holds a host port, when that can be found: another

@@ -59,6 +59,10 @@ type Config struct {
 	// Users names the instances, any state, configured to join a
 	// network; a network with users cannot be removed.
 	Users func(network string) []string
+	// Wake resumes an instance standing by, for a connection to one of
+	// its published ports, and returns once it runs; nil refuses such
+	// connections.
+	Wake func(ctx context.Context, id string) error
 }
 
 // Manager owns flick's networks.
