@@ -350,6 +350,15 @@ func (c *Client) InstanceStandby(ctx context.Context, id string) (Instance, erro
 	return in, err
 }
 
+// InstanceFork makes n clones of a running instance and starts them. On a
+// partial failure it returns the clones with the error: those that failed
+// are in state failed.
+func (c *Client) InstanceFork(ctx context.Context, id string, n int) ([]Instance, error) {
+	var out []Instance
+	err := c.doJSON(ctx, "POST", instancePath(id, "fork"), nil, ForkRequest{Count: n}, &out)
+	return out, err
+}
+
 // InstanceResume starts a standing-by instance from its saved state.
 func (c *Client) InstanceResume(ctx context.Context, id string) (Instance, error) {
 	var in Instance

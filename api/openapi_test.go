@@ -143,6 +143,7 @@ func TestOpenAPISchemasMatchTypes(t *testing.T) {
 		"PortMapping":          PortMapping{},
 		"Network":              Network{},
 		"NetworkCreateRequest": NetworkCreateRequest{},
+		"ForkRequest":          ForkRequest{},
 	}
 	for name, v := range types {
 		s, ok := schemas[name].(map[string]any)

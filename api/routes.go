@@ -34,6 +34,7 @@ var Routes = []Route{
 	{"instanceRestart", "POST", "/v1/instances/{id}/restart"},
 	{"instanceStandby", "POST", "/v1/instances/{id}/standby"},
 	{"instanceResume", "POST", "/v1/instances/{id}/resume"},
+	{"instanceFork", "POST", "/v1/instances/{id}/fork"},
 	{"instanceWait", "POST", "/v1/instances/{id}/wait"},
 	{"instanceRemove", "DELETE", "/v1/instances/{id}"},
 	{"instanceLogs", "GET", "/v1/instances/{id}/logs"},

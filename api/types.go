@@ -47,6 +47,7 @@ const (
 	StartCold     = "cold"     // booted the kernel
 	StartSnapshot = "snapshot" // restored the image's boot snapshot
 	StartResume   = "resume"   // restored the instance's own standby state
+	StartFork     = "fork"     // restored a snapshot of another, running instance
 )
 
 // Phases lists the boot phases that every start records, in order;
@@ -169,6 +170,11 @@ type Network struct {
 // NetworkDomain is the DNS suffix under which instances resolve on their
 // network: NAME.flick.internal.
 const NetworkDomain = "flick.internal"
+
+// ForkRequest is the body of POST /v1/instances/{id}/fork.
+type ForkRequest struct {
+	Count int `json:"count"` // clones to make, 1 to 64
+}
 
 // NetworkCreateRequest is the body of POST /v1/networks.
 type NetworkCreateRequest struct {

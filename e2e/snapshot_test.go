@@ -183,3 +183,83 @@ func TestStandbyResume(t *testing.T) {
 	}
 	waitFor(t, 20*time.Second, "the counter does not go on after resume", func() bool { return count() > saved+3 })
 }
+
+// TestFork clones a running instance: each clone goes on from the parent's
+// state (its counter and its files, in memory or on disk) with a hostname,
+// address, machine-id and RNG of its own, and the parent runs on.
+func TestFork(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	for _, layer := range []string{"memory", "disk"} {
+		t.Run(layer, func(t *testing.T) {
+			e := e.sub(t)
+			p := "p" + layer
+			e.must("run", "-d", "--layer", layer, "--name", p, busybox, "sh", "-c",
+				`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
+			count := func(name string) int {
+				r := e.run("exec", name, "cat", "/tmp/count")
+				n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+				return n
+			}
+			waitFor(t, 20*time.Second, "the counter to pass 3", func() bool { return count(p) > 3 })
+			r := e.must("fork", "-n", "2", p)
+			for _, c := range []string{p + "-1", p + "-2"} {
+				if !strings.Contains(r.stdout, c+"\t10.77.") {
+					t.Errorf("fork output lacks clone %s with an address:\n%s", c, r.stdout)
+				}
+			}
+			type id struct{ host, ip, machine, rnd string }
+			ids := map[string]id{}
+			for _, n := range []string{p, p + "-1", p + "-2"} {
+				in, _ := e.inspect(n)
+				if in.State != "running" {
+					t.Fatalf("%s is %s after the fork", n, in.State)
+				}
+				if n != p && in.StartMode != "fork" {
+					t.Errorf("%s: start_mode %q, want fork", n, in.StartMode)
+				}
+				if got := count(n); got < 3 {
+					t.Errorf("%s: counter at %d, want the parent's count carried on", n, got)
+				}
+				if r := e.must("exec", n, "cat", "/tmp/note"); r.stdout != "kept\n" {
+					t.Errorf("%s: /tmp/note %q", n, r.stdout)
+				}
+				ids[n] = id{
+					host:    strings.TrimSpace(e.must("exec", n, "hostname").stdout),
+					ip:      in.IP,
+					machine: strings.TrimSpace(e.run("exec", n, "cat", "/etc/machine-id").stdout),
+					rnd:     e.must("exec", n, "busybox", "hexdump", "-n", "16", "-e", `16/1 "%02x"`, "/dev/urandom").stdout,
+				}
+				if n != p && ids[n].host != n {
+					t.Errorf("%s: hostname %q", n, ids[n].host)
+				}
+			}
+			seen := map[string]string{}
+			for n, v := range ids {
+				for _, f := range []string{"host " + v.host, "ip " + v.ip, "rng " + v.rnd} {
+					if other, dup := seen[f]; dup {
+						t.Errorf("%s and %s share %s", n, other, f)
+					}
+					seen[f] = n
+				}
+				if n != p && (v.machine == "" || seen["machine "+v.machine] != "") {
+					t.Errorf("%s: machine-id %q missing or shared", n, v.machine)
+				}
+				seen["machine "+v.machine] = n
+			}
+			// Clones reach each other and the parent on the network.
+			if r := e.run("exec", p+"-1", "busybox", "ping", "-c", "1", "-W", "5", ids[p+"-2"].ip); r.code != 0 {
+				t.Errorf("clone 1 cannot reach clone 2 at %s:\n%s", ids[p+"-2"].ip, r)
+			}
+			// The parent goes on counting.
+			before := count(p)
+			waitFor(t, 20*time.Second, "the parent's counter to move on", func() bool { return count(p) > before })
+		})
+	}
+	e.fails(125, []string{"fork", "-n", "0", "pmemory"}, "1 to 64")
+	e.must("stop", "-t", "0", "pmemory")
+	e.fails(125, []string{"fork", "pmemory"}, "not running")
+	if ents, _ := os.ReadDir(filepath.Join(e.root, "forks")); len(ents) != 0 {
+		t.Errorf("fork files left behind: %v", ents)
+	}
+}

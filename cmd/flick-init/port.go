@@ -124,6 +124,13 @@ func (p *port) readLoop(signal func(int)) {
 			if json.Unmarshal(f.Payload, &c) == nil {
 				applyHostState(wire.Config{TimeNS: c.TimeNS})
 			}
+		case wire.TypeClone:
+			var id wire.Identity
+			if err := json.Unmarshal(f.Payload, &id); err != nil {
+				logf("clone frame: %v", err)
+				continue
+			}
+			go becomeClone(p, id)
 		case wire.TypeRehearse:
 			var cfg wire.Config
 			if err := json.Unmarshal(f.Payload, &cfg); err != nil {

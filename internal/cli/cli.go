@@ -94,7 +94,7 @@ func (a *app) rootCommand() *cobra.Command {
 		a.createCommand(), a.runCommand(), a.startCommand(), a.stopCommand(),
 		a.killCommand(), a.restartCommand(), a.rmCommand(), a.waitCommand(),
 		a.psCommand(), a.logsCommand(), a.consoleCommand(), a.inspectCommand(),
-		a.execCommand(), a.cpCommand(), a.standbyCommand(), a.resumeCommand(),
+		a.execCommand(), a.cpCommand(), a.standbyCommand(), a.resumeCommand(), a.forkCommand(),
 		a.networkCommand(), a.benchCommand(), a.versionCommand(),
 	)
 	for _, c := range root.Commands() {

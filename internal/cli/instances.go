@@ -761,3 +761,35 @@ func (a *app) discard(c *api.Client, id string) {
 		fmt.Fprintf(a.stderr, "Error: remove %s: %s\n", shortID(id), err)
 	}
 }
+
+func (a *app) forkCommand() *cobra.Command {
+	var n int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "fork [-n N] [--json] NAME",
+		Short: "Clone a running instance: each clone runs on from its state, sharing its memory copy-on-write, with an identity of its own",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			clones, err := c.InstanceFork(a.ctx, args[0], n)
+			if asJSON && clones != nil {
+				if perr := printJSON(a.stdout, clones); perr != nil {
+					return perr
+				}
+			} else {
+				for _, in := range clones {
+					if in.State == api.StateRunning {
+						fmt.Fprintf(a.stdout, "%s\t%s\t%s ms\n", in.Name, orDash(in.IP), ms(in.BootMS))
+					}
+				}
+			}
+			return err
+		},
+	}
+	cmd.Flags().IntVarP(&n, "count", "n", 1, "number of clones")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the clones as JSON")
+	return cmd
+}

@@ -72,6 +72,7 @@ func New(cfg Config) *Server {
 		"instanceRestart": s.instanceRestart,
 		"instanceStandby": s.instanceStandby,
 		"instanceResume":  s.instanceResume,
+		"instanceFork":    s.instanceFork,
 		"instanceWait":    s.instanceWait,
 		"instanceRemove":  s.instanceRemove,
 		"instanceLogs":    s.instanceLogs,
@@ -406,6 +407,20 @@ func (s *Server) instanceStandby(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, inst)
+}
+
+func (s *Server) instanceFork(w http.ResponseWriter, r *http.Request) {
+	var req api.ForkRequest
+	if err := decode(r, &req); err != nil {
+		writeError(w, err)
+		return
+	}
+	clones, err := s.instances.Fork(r.Context(), r.PathValue("id"), req.Count)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, clones)
 }
 
 func (s *Server) instanceResume(w http.ResponseWriter, r *http.Request) {

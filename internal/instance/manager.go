@@ -132,6 +132,8 @@ type inst struct {
 	rec     record
 	run     *running
 	changed chan struct{}
+	// clone is a fork snapshot that the next start restores, once.
+	clone *vmm.Snapshot
 }
 
 func (in *inst) logPath() string     { return filepath.Join(in.rec.Dir, "app.log") }

@@ -338,25 +338,39 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		config: gc,
 		digest: img.Digest,
 	}
+	// An instance standing by resumes from its own saved state; a clone
+	// starts from its parent's.
+	resume := ""
+	if st := in.standbyPath(); fileExists(st) {
+		resume, restore, snapKey = st, nil, ""
+	}
+	in.mu.Lock()
+	clone := in.clone
+	in.clone = nil
+	in.mu.Unlock()
+	if clone != nil {
+		resume, restore, snapKey = "", nil, ""
+	}
 	// A zygote of the snapshot is the fastest start; only a layer in
 	// memory can use one, as its data disk is not the instance's.
 	var zyg *zygote
 	if restore != nil && gc.WritableLayer == wire.LayerMemory {
 		zyg = m.claimZygote(snapKey)
 	}
-	// An instance standing by resumes from its own saved state.
-	resume := ""
-	if st := in.standbyPath(); fileExists(st) {
-		resume, restore, zyg, snapKey = st, nil, nil, ""
-	}
 	var r *running
 	var logs *logWriter
 	for {
-		b.restore, b.snapKey, b.zygote, b.resume = restore, "", zyg, resume
+		b.restore, b.snapKey, b.zygote, b.resume, b.clone = restore, "", zyg, resume, clone
 		if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 			return fail(err)
 		}
 		switch {
+		case clone != nil:
+			if err := writeConfig(wire.Config{AwaitConfig: true}); err != nil {
+				return fail(err)
+			}
+			b.spec.GuestConfig = cfgPath
+			b.spec.Restore = clone
 		case resume != "":
 			// The boot config of the VM's first start is gone with its
 			// run directory; fw_cfg needs the item, not its bytes.
@@ -423,6 +437,9 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		if resume != "" {
 			return fail(fmt.Errorf("resume: %w", err))
 		}
+		if clone != nil {
+			return fail(fmt.Errorf("clone: %w", err))
+		}
 		if zyg != nil && ctx.Err() == nil && !errors.Is(err, errGuestFailed) {
 			// A zygote that died waiting: restore a VM of our own.
 			m.log.Warn("zygote failed; restoring instead", "vm", rec.ID, "err", err)
@@ -453,7 +470,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		return fail(fmt.Errorf("%w; console: %s", err, vmm.LastLines(readFileString(consoleLog), 8)))
 	}
 
-	if ready != nil && b.resume == "" {
+	if ready != nil && b.resume == "" && b.clone == nil {
 		// A resumed app was ready when it was saved, and is again.
 		rctx, cancel := context.WithTimeout(context.Background(), time.Duration(ready.TimeoutMS)*time.Millisecond+10*time.Second)
 		err := r.agent.Ready(rctx, *ready)
@@ -473,6 +490,8 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	case b.resume != "":
 		in.rec.StartMode = api.StartResume
 		_ = os.Remove(b.resume)
+	case b.clone != nil:
+		in.rec.StartMode = api.StartFork
 	case b.restore != nil:
 		in.rec.StartMode = api.StartSnapshot
 	}
@@ -867,6 +886,7 @@ type bootPlan struct {
 	snapKey string        // save a boot snapshot under this key
 	zygote  *zygote       // a VM already restored from restore, to claim
 	resume  string        // the instance's standby state to resume from
+	clone   *vmm.Snapshot // a fork snapshot of a running VM to restore, as a clone
 }
 
 // boot brings up the VM of b until its app runs, marking the phases: vmm,
@@ -897,7 +917,7 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 			return nil, nil, t, err
 		}
 	}
-	if b.restore != nil || b.resume != "" {
+	if b.restore != nil || b.resume != "" || b.clone != nil {
 		t = mark(api.PhaseRestore, t)
 	}
 	r := newRunning(vm)
@@ -940,6 +960,35 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	if b.zygote == nil {
 		if err := vm.Resume(ctx); err != nil {
 			return rollback(err)
+		}
+	}
+	if b.clone != nil {
+		// The parent's app runs on in the clone, which needs an
+		// identity of its own.
+		id := wire.Identity{Hostname: rec.Name, MachineID: newID() + newID(), Net: b.config.Net, TimeNS: time.Now().UnixNano(), Seed: make([]byte, 32)}
+		if _, err := rand.Read(id.Seed); err != nil {
+			return rollback(err)
+		}
+		payload, _ := json.Marshal(id)
+		if err := r.send(wire.TypeClone, payload); err != nil {
+			return rollback(fmt.Errorf("send the clone its identity: %w", err))
+		}
+		for {
+			select {
+			case ev := <-r.events:
+				if ev.Kind != wire.EventCloned {
+					continue
+				}
+				if ev.Message != "" {
+					return rollback(fmt.Errorf("%w: clone identity: %s", errGuestFailed, ev.Message))
+				}
+				mark(api.PhaseInit, t)
+				return r, logs, time.Now(), nil
+			case <-vm.Done():
+				return rollback(errors.New("vmm exited before the clone took its identity"))
+			case <-ctx.Done():
+				return rollback(errors.New("the clone did not take its identity in time"))
+			}
 		}
 	}
 	if b.resume != "" {

@@ -150,6 +150,9 @@ func ramObject(spec Spec, mem int, ramFile string) string {
 	if spec.Restore != nil && spec.Restore.RAM != "" {
 		return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=off", mem, spec.Restore.RAM)
 	}
+	if spec.RAMFile != "" {
+		return fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", mem, spec.RAMFile)
+	}
 	if spec.Restore != nil {
 		// The memory comes in the stream. QEMU reads every page it is
 		// told is zero to see whether it must clear it: on anonymous
@@ -245,7 +248,9 @@ func (q *QEMU) Start(ctx context.Context, spec Spec) (VM, error) {
 		return nil, fmt.Errorf("qemu exited at start: %s", lastLines(spec.ConsoleLog, 5))
 	}
 	vm.qmp = conn
-	if spec.KeepRAM && spec.Restore == nil {
+	if spec.RAMFile != "" {
+		vm.ramFile = spec.RAMFile
+	} else if spec.KeepRAM && spec.Restore == nil {
 		vm.ramFile = ramFile
 		go func() { <-vm.done; _ = os.Remove(ramFile) }()
 	} else {
@@ -339,6 +344,19 @@ func (v *qemuVM) SaveSnapshot(ctx context.Context, snap Snapshot) error {
 		return fmt.Errorf("save snapshot: %w", err)
 	}
 	if snap.RAM == "" {
+		return nil
+	}
+	if snap.RAM == v.ramFile {
+		// The RAM is already the snapshot's file: make it durable.
+		f, err := os.Open(snap.RAM)
+		if err != nil {
+			return fmt.Errorf("save snapshot: %w", err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("save snapshot: sync RAM: %w", err)
+		}
 		return nil
 	}
 	if err := fsutil.CopySparse(v.ramFile, snap.RAM, true); err != nil {

@@ -37,6 +37,11 @@ type Spec struct {
 	// KeepRAM keeps the guest RAM file linked, for a VM that is to be
 	// snapshotted; it is removed with the VM.
 	KeepRAM bool
+	// RAMFile, when set, is the guest RAM: a file of the caller's, mapped
+	// shared and left in place when the VM ends. A restore whose memory
+	// is in the stream fills it, and SaveSnapshot with Snapshot.RAM set to
+	// it writes the device state alone.
+	RAMFile string
 	// ConsoleLog receives the serial console (kernel and flick-init) and
 	// the VMM's own stderr.
 	ConsoleLog string

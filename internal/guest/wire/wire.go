@@ -110,7 +110,23 @@ const (
 	// TypeClock (host to guest, JSON Clock) sets the guest's wall clock, as
 	// after a resume from standby.
 	TypeClock byte = 9
+	// TypeClone (host to guest, JSON Identity) tells a guest that it is a
+	// clone of a running VM and gives it an identity of its own; it
+	// answers with an Event of kind "cloned".
+	TypeClone byte = 10
 )
+
+// Identity is the payload of TypeClone: what makes a clone a machine of
+// its own.
+type Identity struct {
+	Hostname string `json:"hostname"`
+	// MachineID is written to /etc/machine-id: 32 hex digits.
+	MachineID string `json:"machine_id"`
+	// Net is the clone's address; nil for a VM with no network.
+	Net    *Net   `json:"net,omitempty"`
+	TimeNS int64  `json:"time_ns"`
+	Seed   []byte `json:"seed"`
+}
 
 // Clock is the payload of TypeClock.
 type Clock struct {
@@ -142,6 +158,8 @@ const (
 	EventAgentExited = "agent_exited"
 	// EventRehearsed answers TypeRehearse.
 	EventRehearsed = "rehearsed"
+	// EventCloned answers TypeClone; Message says what failed, if anything.
+	EventCloned = "cloned"
 )
 
 // Event reports progress of the app's life. After "exited" or "failed"
