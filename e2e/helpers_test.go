@@ -58,8 +58,9 @@ type env struct {
 	// netns is the network namespace the daemon keeps its VMs' networks
 	// in, made for this test: nothing of the host's networking is touched.
 	netns string
-	// extra are more flags for flickd, for the next startDaemon.
-	extra []string
+	// extra are more flags for flickd, and env more environment
+	// variables, for the next startDaemon.
+	extra, env []string
 
 	dir  string // short temporary directory holding root, socket and log
 	root string
@@ -185,6 +186,7 @@ func (e *env) startDaemon() {
 	fmt.Fprintf(logf, "=== %s: starting flickd\n", time.Now().Format(time.RFC3339Nano))
 	args := append([]string{"--root", e.root, "--socket", e.sock, "--kernel", e.kernel, "--init", e.init, "--netns", e.netns}, e.extra...)
 	cmd := exec.Command(e.daemon, args...)
+	cmd.Env = append(os.Environ(), e.env...)
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	if err := cmd.Start(); err != nil {

@@ -263,3 +263,61 @@ func TestFork(t *testing.T) {
 		t.Errorf("fork files left behind: %v", ents)
 	}
 }
+
+// TestDaemonKilledDuringStandby crashes flickd (SIGKILL, through a
+// failpoint) at each step of a standby and of a resume: after the restart
+// the instance is standing by or running, and usable either way, with its
+// memory.
+func TestDaemonKilledDuringStandby(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
+		`echo kept > /tmp/note; while true; do sleep 1; done`)
+	for _, tc := range []struct{ op, point, want string }{
+		// The VM is saved to the .tmp file and paused.
+		{"standby", "standby-written", api.StateRunning},
+		// The save is in place; the VMM still runs.
+		{"standby", "standby-saved", api.StateStandby},
+		// The resumed VM runs; nothing is recorded yet.
+		{"resume", "resume-running", api.StateStandby},
+	} {
+		// No subtests: they would each hold a copy of the daemon's handle.
+		func() {
+			t.Logf("--- crash at %s", tc.point)
+			if in, _ := e.inspect("c"); tc.op == "standby" && in.State != api.StateRunning {
+				e.must("resume", "c")
+			} else if tc.op == "resume" && in.State != api.StateStandby {
+				e.must("standby", "c")
+			}
+			e.stopDaemon()
+			e.env = []string{"FLICK_FAILPOINT=" + tc.point}
+			e.startDaemon()
+			e.env = nil
+			if r := e.run(tc.op, "c"); r.code == 0 {
+				t.Fatalf("%s went through: the failpoint %s did not kill flickd", tc.op, tc.point)
+			}
+			// The CLI saw the daemon die; reap it.
+			select {
+			case <-e.done:
+				e.cmd = nil
+			case <-time.After(10 * time.Second):
+				t.Fatalf("flickd still runs after failpoint %s", tc.point)
+			}
+			e.startDaemon()
+			in, _ := e.inspect("c")
+			if in.State != tc.want {
+				t.Errorf("after a crash at %s: state %q (%s), want %s", tc.point, in.State, in.Error, tc.want)
+			}
+			// The memory survived either way.
+			if in.State == api.StateStandby {
+				e.must("resume", "c")
+			}
+			if r := e.must("exec", "c", "cat", "/tmp/note"); r.stdout != "kept\n" {
+				t.Errorf("after a crash at %s: the memory layer holds %q, want kept", tc.point, r.stdout)
+			}
+			if ents, _ := filepath.Glob(filepath.Join(e.root, "instances", "*", "*.tmp")); len(ents) != 0 {
+				t.Errorf("half-written saves left: %v", ents)
+			}
+		}()
+	}
+}

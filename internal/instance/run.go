@@ -18,6 +18,7 @@ import (
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/agent"
 	"github.com/flick-vm/flick/internal/errdefs"
+	"github.com/flick-vm/flick/internal/failpoint"
 	"github.com/flick-vm/flick/internal/fsutil"
 	"github.com/flick-vm/flick/internal/guest/wire"
 	"github.com/flick-vm/flick/internal/network"
@@ -639,12 +640,17 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 	end := func(state, reason string) {
 		rec.State = state
 		rec.Error = reason
-		now := time.Now().UTC()
-		rec.Finished = &now
+		if state != api.StateStandby {
+			now := time.Now().UTC()
+			rec.Finished = &now
+		}
 		rec.Handle = nil
 		m.persistLocked(in)
 		_ = os.RemoveAll(rec.RunDir)
 	}
+	standby := in.standbyPath()
+	_ = os.Remove(standby + ".tmp") // a save the last daemon did not finish
+	saved := fileExists(standby)
 	if rec.Handle == nil || rec.State == api.StateStarting {
 		// Its boot sequence died with the last daemon; a VMM that is
 		// still there is ended here, or by killOrphans if QMP is gone.
@@ -654,13 +660,39 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 				<-vm.Done()
 			}
 		}
+		if saved {
+			// A resume that did not finish: the saved state is whole.
+			end(api.StateStandby, "")
+			m.log.Info("resume interrupted by flickd's end; standing by again", "vm", rec.ID, "name", rec.Name)
+			return
+		}
 		end(api.StateFailed, "flickd stopped while the instance was starting")
 		return
 	}
 	vm, err := m.cfg.Driver.Attach(ctx, *rec.Handle)
 	if err != nil {
+		if saved {
+			// The standby was saved and its VMM ended; only the record
+			// was not written.
+			end(api.StateStandby, "")
+			return
+		}
 		end(api.StateExited, "vmm exited while flickd was down")
 		return
+	}
+	if saved {
+		// The last daemon saved the VM for a standby and ended before
+		// the VMM: finish the standby.
+		_ = vm.Kill()
+		<-vm.Done()
+		end(api.StateStandby, "")
+		m.log.Info("finished a standby that flickd's end interrupted", "vm", rec.ID, "name", rec.Name)
+		return
+	}
+	// A save for a standby or a fork that the last daemon did not finish
+	// leaves the VM paused; running it is harmless otherwise.
+	if err := vm.Resume(ctx); err != nil {
+		m.log.Warn("reattach: continue the VM", "vm", rec.ID, "err", err)
 	}
 	r := newRunning(vm)
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -992,6 +1024,7 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 		}
 	}
 	if b.resume != "" {
+		failpoint.Hit("resume-running")
 		// The app has been running all along; only the clock is behind.
 		payload, _ := json.Marshal(wire.Clock{TimeNS: time.Now().UnixNano()})
 		if err := r.send(wire.TypeClock, payload); err != nil {
@@ -1127,6 +1160,7 @@ func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error)
 		if err := r.vm.SaveSnapshot(ctx, vmm.Snapshot{State: tmp}); err != nil {
 			return err
 		}
+		failpoint.Hit("standby-written")
 		f, err := os.Open(tmp)
 		if err != nil {
 			return err
@@ -1145,6 +1179,7 @@ func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error)
 		}
 		return m.view(in), fmt.Errorf("standby %s: %w (it goes on running)", name, err)
 	}
+	failpoint.Hit("standby-saved")
 	r.mu.Lock()
 	r.standby = true
 	r.mu.Unlock()
