@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -320,4 +321,69 @@ func TestDaemonKilledDuringStandby(t *testing.T) {
 			}
 		}()
 	}
+}
+
+// TestDiskFull saves onto a full disk: a standby fails and the instance
+// goes on running; a boot snapshot is not taken and the start goes on;
+// neither leaves a partial file, and an earlier snapshot stays whole.
+func TestDiskFull(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	full := func(t *testing.T, dir string) {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16k", "flick-full", dir).CombinedOutput(); err != nil {
+			t.Fatalf("mount a full disk on %s: %v: %s", dir, err, out)
+		}
+		t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	}
+
+	// An image whose boot snapshot exists, before the disk fills.
+	e.must("run", "--rm", busybox, "true")
+	snaps, _ := filepath.Glob(filepath.Join(e.root, "snapshots", "*", "meta.json"))
+	if len(snaps) != 1 {
+		t.Fatalf("want one boot snapshot, have %v", snaps)
+	}
+	before, err := os.ReadFile(snaps[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("standby", func(t *testing.T) {
+		e := e.sub(t)
+		e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c", "echo kept > /tmp/note; sleep 100000")
+		in, _ := e.inspect("c")
+		full(t, filepath.Join(e.root, "instances", in.ID))
+		e.fails(125, []string{"standby", "c"}, "standby c", "is full", "goes on running")
+		if after, _ := e.inspect("c"); after.State != api.StateRunning {
+			t.Errorf("after a failed standby: state %q, want running", after.State)
+		}
+		if r := e.must("exec", "c", "cat", "/tmp/note"); r.stdout != "kept\n" {
+			t.Errorf("after a failed standby: %q", r.stdout)
+		}
+		if ents, _ := os.ReadDir(filepath.Join(e.root, "instances", in.ID)); len(ents) != 0 {
+			t.Errorf("a failed standby left files: %v", ents)
+		}
+	})
+	t.Run("boot snapshot", func(t *testing.T) {
+		e := e.sub(t)
+		// Another memory size is another snapshot; its save fails.
+		full(t, filepath.Join(e.root, "snapshots"))
+		r := e.must("run", "--rm", "--memory", "96M", busybox, "echo", "ran")
+		if r.stdout != "ran\n" {
+			t.Errorf("a start whose snapshot could not be saved: %q", r.stdout)
+		}
+		if !e.logged("boot snapshot not saved") {
+			t.Errorf("flickd did not log the failed save")
+		}
+		if ents, _ := os.ReadDir(filepath.Join(e.root, "snapshots")); len(ents) != 0 {
+			t.Errorf("a failed snapshot save left files: %v", ents)
+		}
+	})
+	if after, err := os.ReadFile(snaps[0]); err != nil || string(after) != string(before) {
+		t.Errorf("the earlier boot snapshot changed: %v", err)
+	}
+	e.must("rm", "-f", "c")
 }

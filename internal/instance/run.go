@@ -1114,6 +1114,19 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	return r, logs, t, nil
 }
 
+// diskFull adds to a failed save that the disk holding dir has less room
+// than the save needed, when so: QEMU only sees its writer's pipe break.
+func diskFull(err error, dir string, need int64) error {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return err
+	}
+	if free := int64(st.Bavail) * st.Bsize; free < need {
+		return fmt.Errorf("%w: the disk holding %s is full (%d MiB free, up to %d MiB needed)", err, dir, free>>20, need>>20)
+	}
+	return err
+}
+
 // saveSnapshot saves the paused boot of b as its image's boot snapshot.
 func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error {
 	tmp, snap, err := m.newSnapshotDir(b.snapKey)
@@ -1122,7 +1135,7 @@ func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error
 	}
 	if err := vm.SaveSnapshot(ctx, snap); err != nil {
 		_ = os.RemoveAll(tmp)
-		return err
+		return diskFull(err, m.snapDir(), int64(b.spec.MemoryMiB)<<20)
 	}
 	if err := m.commitSnapshot(tmp, b.snapKey, b.digest, b.spec.GuestConfig); err != nil {
 		_ = os.RemoveAll(tmp)
@@ -1174,6 +1187,7 @@ func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error)
 	}
 	if err := save(); err != nil {
 		_ = os.Remove(tmp)
+		err = diskFull(err, filepath.Dir(path), int64(in.rec.Config.MemoryMiB)<<20)
 		if rerr := r.vm.Resume(context.WithoutCancel(ctx)); rerr != nil {
 			return m.view(in), fmt.Errorf("standby %s: %v; and the VM did not resume: %w", name, err, rerr)
 		}
