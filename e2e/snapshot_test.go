@@ -13,6 +13,7 @@ import (
 
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/testenv"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 )
 
 func TestBootSnapshot(t *testing.T) {
@@ -386,4 +387,64 @@ func TestDiskFull(t *testing.T) {
 		t.Errorf("the earlier boot snapshot changed: %v", err)
 	}
 	e.must("rm", "-f", "c")
+}
+
+// TestSnapshotKey checks that a boot snapshot is only used by starts that
+// match what it was taken with: another kernel, a kernel changed in place,
+// another image under the same tag or another memory size boot cold.
+func TestSnapshotKey(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	kernel := filepath.Join(e.dir, "vmlinux")
+	if out, err := exec.Command("cp", e.kernel, kernel).CombinedOutput(); err != nil {
+		t.Fatalf("copy the kernel: %v: %s", err, out)
+	}
+	mode := func(args ...string) string {
+		t.Helper()
+		r := e.must(append([]string{"run", "-d", "--layer", "memory"}, append(args, busybox, "sleep", "1000")...)...)
+		id, _ := lineWith(r.stdout, "id:")
+		id = strings.TrimSpace(strings.TrimPrefix(id, "id:"))
+		in, _ := e.inspect(id)
+		e.must("rm", "-f", id)
+		return in.StartMode
+	}
+	steps := []struct {
+		what string
+		do   func()
+		args []string
+		want string
+	}{
+		{"first start", nil, nil, "cold"},
+		{"second start", nil, nil, "snapshot"},
+		{"another kernel", nil, []string{"--kernel", kernel}, "cold"},
+		{"that kernel again", nil, []string{"--kernel", kernel}, "snapshot"},
+		{"that kernel changed in place", func() {
+			later := time.Now().Add(time.Minute)
+			if err := os.Chtimes(kernel, later, later); err != nil {
+				t.Fatal(err)
+			}
+		}, []string{"--kernel", kernel}, "cold"},
+		{"another memory size", nil, []string{"--memory", "160M"}, "cold"},
+		{"the first again", nil, nil, "snapshot"},
+		{"another image under the tag", func() {
+			img := testenv.BusyboxImage(t)
+			l, err := testenv.NewLayer([]testenv.File{testenv.Reg("/etc/changed", 0o644, "yes\n")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			changed, err := mutate.AppendLayers(img, l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.load(changed, busybox)
+		}, nil, "cold"},
+	}
+	for _, s := range steps {
+		if s.do != nil {
+			s.do()
+		}
+		if got := mode(s.args...); got != s.want {
+			t.Errorf("%s: start_mode %q, want %q", s.what, got, s.want)
+		}
+	}
 }
