@@ -274,10 +274,11 @@ func readProgress(resp *http.Response, progress func(Progress)) ([]Image, error)
 }
 
 // InstanceList returns the instances that are starting, running or
-// stopping; all returns every instance.
-func (c *Client) InstanceList(ctx context.Context, all bool) ([]Instance, error) {
+// stopping; all returns every instance, and size fills in their SizeBytes.
+func (c *Client) InstanceList(ctx context.Context, all, size bool) ([]Instance, error) {
 	q := url.Values{}
 	boolQuery(q, "all", all)
+	boolQuery(q, "size", size)
 	var list []Instance
 	err := c.doJSON(ctx, "GET", "/v1/instances", q, nil, &list)
 	return list, err

@@ -91,6 +91,11 @@ type Instance struct {
 	MAC string `json:"mac,omitempty"`
 	// Ports are the published ports as bound, host ports resolved.
 	Ports []PortMapping `json:"ports,omitempty"`
+
+	// SizeBytes is the disk that the instance's own files take: its
+	// writable layer (the blocks written, not the layer's size), a
+	// standby save and its logs. Shown by inspect, and by list with size.
+	SizeBytes int64 `json:"size_bytes,omitempty"`
 }
 
 // InstanceConfig is what the user asked for at create time.

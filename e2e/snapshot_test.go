@@ -160,6 +160,15 @@ func TestStandbyResume(t *testing.T) {
 	}
 	e.fails(125, []string{"exec", "c", "true"}, "not running")
 	e.fails(125, []string{"standby", "c"}, "not running")
+	// Its memory is on disk now, and counted as the instance's.
+	if st, err := os.Stat(filepath.Join(e.root, "instances", before.ID, "standby.state")); err != nil {
+		t.Errorf("no standby save: %v", err)
+	} else if in, _ := e.inspect("c"); in.SizeBytes < st.Size() {
+		t.Errorf("inspect size_bytes %d, less than the standby save's %d", in.SizeBytes, st.Size())
+	}
+	if r := e.must("ps", "-a", "--size"); !strings.Contains(r.stdout, "SIZE") || !regexp.MustCompile(`\d+(\.\d+)?MB`).MatchString(r.stdout) {
+		t.Errorf("ps --size shows no size in MB:\n%s", r.stdout)
+	}
 
 	// It stands by across a daemon restart, then resumes where it was.
 	e.killDaemon()

@@ -549,9 +549,9 @@ func command(in api.Instance, img *api.ImageConfig) string {
 }
 
 func (a *app) psCommand() *cobra.Command {
-	var all, quiet, asJSON bool
+	var all, quiet, asJSON, size bool
 	cmd := &cobra.Command{
-		Use:   "ps [-a] [-q] [--json]",
+		Use:   "ps [-a] [-q] [-s] [--json]",
 		Short: "List instances",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -559,7 +559,7 @@ func (a *app) psCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			list, err := c.InstanceList(a.ctx, all)
+			list, err := c.InstanceList(a.ctx, all, size)
 			if err != nil {
 				return err
 			}
@@ -586,15 +586,23 @@ func (a *app) psCommand() *cobra.Command {
 			}
 			now := time.Now()
 			tw := tabwriter.NewWriter(a.stdout, 0, 8, 3, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tBOOT\tIP\tPORTS")
+			head := "ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tBOOT\tIP\tPORTS"
+			if size {
+				head += "\tSIZE"
+			}
+			fmt.Fprintln(tw, head)
 			for _, in := range list {
 				boot := "-"
 				if in.BootMS > 0 {
 					boot = ms(in.BootMS) + " ms"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", shortID(in.ID), in.Name, in.Image,
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s", shortID(in.ID), in.Name, in.Image,
 					command(in, configs[in.ImageID]), ago(now, in.Created), status(now, in), boot,
 					orDash(in.IP), orDash(portsLine(in.Ports)))
+				if size {
+					fmt.Fprintf(tw, "\t%s", humanSize(in.SizeBytes))
+				}
+				fmt.Fprintln(tw)
 			}
 			return tw.Flush()
 		},
@@ -602,6 +610,7 @@ func (a *app) psCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "show all instances (default only running ones)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print only ids")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&size, "size", "s", false, "show the disk each instance's own files take (writable layer, standby save, logs)")
 	return cmd
 }
 

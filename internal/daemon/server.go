@@ -317,7 +317,12 @@ func (s *Server) instanceList(w http.ResponseWriter, r *http.Request) {
 		writeError(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.instances.List(r.Context(), all))
+	size, err := boolQuery(r, "size")
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.instances.List(r.Context(), all, size))
 }
 
 func (s *Server) instanceCreate(w http.ResponseWriter, r *http.Request) {

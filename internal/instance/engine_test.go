@@ -331,7 +331,7 @@ func TestEngineCreateErrors(t *testing.T) {
 			}
 		})
 	}
-	if n := len(m.List(ctx, true)); n != 1 {
+	if n := len(m.List(ctx, true, false)); n != 1 {
 		t.Errorf("failed creates left records: %d instances", n)
 	}
 }

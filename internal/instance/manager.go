@@ -492,11 +492,13 @@ func (m *Manager) Get(_ context.Context, ref string) (api.Instance, error) {
 	if err != nil {
 		return api.Instance{}, err
 	}
-	return m.view(in), nil
+	v := m.view(in)
+	v.SizeBytes = diskUsage(in.rec.Dir)
+	return v, nil
 }
 
 // List returns the instances, newest first; only active ones unless all.
-func (m *Manager) List(_ context.Context, all bool) []api.Instance {
+func (m *Manager) List(_ context.Context, all, size bool) []api.Instance {
 	m.mu.Lock()
 	ins := make([]*inst, 0, len(m.all))
 	for _, in := range m.all {
@@ -507,6 +509,9 @@ func (m *Manager) List(_ context.Context, all bool) []api.Instance {
 	for _, in := range ins {
 		v := m.view(in)
 		if all || v.State == api.StateStarting || v.State == api.StateRunning || v.State == api.StateStopping {
+			if size {
+				v.SizeBytes = diskUsage(in.rec.Dir)
+			}
 			out = append(out, v)
 		}
 	}

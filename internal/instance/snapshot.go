@@ -223,6 +223,8 @@ func (m *Manager) SnapshotSizes() map[string]int64 {
 	return sizes
 }
 
+// diskUsage is the disk that the files under dir take, in bytes: the
+// blocks allocated, so a sparse file counts what was written.
 func diskUsage(dir string) int64 {
 	var total int64
 	_ = filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
