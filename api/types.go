@@ -265,10 +265,19 @@ type ImageConfig struct {
 	// Ready is the image's readiness check, from its label flick.ready
 	// (same syntax as InstanceConfig.Ready).
 	Ready string `json:"ready,omitempty"`
+	// Pool, from the label flick.pool (0 to 16), is how many zygotes the
+	// daemon keeps of this image instead of its default; nil when unset.
+	Pool *int `json:"pool,omitempty"`
 }
 
 // ReadyLabel is the image label that gives an image's readiness check.
 const ReadyLabel = "flick.ready"
+
+// PoolLabel is the image label that sets how many zygotes of it to keep.
+const PoolLabel = "flick.pool"
+
+// MaxPool bounds PoolLabel.
+const MaxPool = 16
 
 // PullRequest is the body of POST /v1/images/pull.
 type PullRequest struct {

@@ -457,3 +457,53 @@ func TestSnapshotKey(t *testing.T) {
 		}
 	}
 }
+
+// TestPoolPolicy keeps zygotes only for the most recently started
+// snapshots (flickd --pool-images), and none for an image labelled
+// flick.pool=0.
+func TestPoolPolicy(t *testing.T) {
+	e := newEnv(t)
+	e.stopDaemon()
+	e.extra = []string{"--pool-images", "1", "--log-level", "debug"}
+	e.startDaemon()
+	e.load(testenv.BusyboxImage(t), busybox)
+	bb := testenv.BusyboxImage(t)
+	nopool, err := mutate.Config(bb, withLabel(t, bb, api.PoolLabel, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.load(nopool, "e2e/nopool:1")
+	pool := filepath.Join(e.root, "pool")
+	ready := func(n int) func() bool {
+		return func() bool {
+			return len(qemuUnder(pool)) == n && strings.Count(e.logs(), "zygote ready") >= n
+		}
+	}
+
+	e.must("run", "--rm", "--layer", "memory", busybox, "true")
+	waitFor(t, 30*time.Second, "a zygote of the first snapshot", ready(1))
+	first := qemuUnder(pool)[0]
+
+	// Another memory size is another snapshot: its zygote replaces the
+	// first snapshot's.
+	e.must("run", "--rm", "--layer", "memory", "--memory", "96M", busybox, "true")
+	waitFor(t, 30*time.Second, "the first snapshot's zygote ended and the second's ready", func() bool {
+		pids := qemuUnder(pool)
+		return !alive(first) && len(pids) == 1 && e.logged("zygote ended")
+	})
+
+	// flick.pool=0: its starts leave no zygote.
+	second := qemuUnder(pool)
+	e.must("run", "--rm", "--layer", "memory", "e2e/nopool:1", "true")
+	e.must("run", "--rm", "--layer", "memory", "e2e/nopool:1", "true")
+	waitFor(t, 10*time.Second, "the daemon to decide on the pool", func() bool { return e.logged("no zygotes kept of this snapshot") })
+	if pids := qemuUnder(pool); len(pids) != 1 || pids[0] != second[0] {
+		t.Errorf("zygotes after starts of an image labelled flick.pool=0: %v, want only %v", pids, second)
+	}
+}
+
+// logs is the daemon's log so far.
+func (e *env) logs() string {
+	b, _ := os.ReadFile(e.log)
+	return string(b)
+}

@@ -33,8 +33,10 @@ type RunConfig struct {
 	BootTimeout time.Duration
 	// NoSnapshots turns boot snapshots off: every start boots cold.
 	NoSnapshots bool
-	// PoolSize is how many zygotes to keep per boot snapshot in use.
-	PoolSize int
+	// PoolSize is how many zygotes to keep per boot snapshot in use, and
+	// PoolSnapshots for how many snapshots (the most recently started).
+	PoolSize      int
+	PoolSnapshots int
 	// BootSlots is how many VMs may start at once; 0 means twice the CPUs.
 	BootSlots int
 	// NoNetwork runs every instance with loopback only, and makes no
@@ -111,12 +113,13 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	mgr, err = instance.New(ctx, instance.Config{
 		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log, Networks: networks,
 		Kernel: cfg.Kernel, Initrd: initrd,
-		Cmdline:     func(string) string { return guest.KernelCmdline(guest.CmdlineOptions{}) },
-		BootTimeout: cfg.BootTimeout,
-		Snapshots:   !cfg.NoSnapshots,
-		SnapshotTag: qv + " " + cfg.TCGCPU,
-		PoolSize:    cfg.PoolSize,
-		BootSlots:   cfg.BootSlots,
+		Cmdline:       func(string) string { return guest.KernelCmdline(guest.CmdlineOptions{}) },
+		BootTimeout:   cfg.BootTimeout,
+		Snapshots:     !cfg.NoSnapshots,
+		SnapshotTag:   qv + " " + cfg.TCGCPU,
+		PoolSize:      cfg.PoolSize,
+		PoolSnapshots: cfg.PoolSnapshots,
+		BootSlots:     cfg.BootSlots,
 	})
 	if err != nil {
 		return err

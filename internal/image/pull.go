@@ -1,6 +1,7 @@
 package image
 
 import (
+	"strconv"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -361,6 +362,13 @@ func imageConfig(cf *v1.ConfigFile) api.ImageConfig {
 		User:       c.User,
 		StopSignal: c.StopSignal,
 		Ready:      c.Labels[api.ReadyLabel],
+	}
+	if v, ok := c.Labels[api.PoolLabel]; ok {
+		// An unusable value is the default, as for any label flick
+		// does not understand.
+		if n, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && n >= 0 && n <= api.MaxPool {
+			out.Pool = &n
+		}
 	}
 	hasPath := false
 	for _, e := range out.Env {

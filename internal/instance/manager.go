@@ -75,8 +75,12 @@ type Config struct {
 	Snapshots   bool
 	SnapshotTag string
 	// PoolSize is how many zygotes (VMs restored ahead of time) the
-	// daemon keeps per boot snapshot in use; 0 keeps none.
+	// daemon keeps per boot snapshot in use, unless the image's label
+	// flick.pool says otherwise; 0 keeps none.
 	PoolSize int
+	// PoolSnapshots is how many boot snapshots, the most recently started,
+	// have zygotes; those of others are ended. Default 4.
+	PoolSnapshots int
 	// BootSlots is how many VMs may be starting at once (zygotes being
 	// made included); further starts queue. Default twice the CPUs.
 	BootSlots int
@@ -172,6 +176,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.DefaultMemMiB == 0 {
 		cfg.DefaultMemMiB = 128
 	}
+	if cfg.PoolSnapshots <= 0 {
+		cfg.PoolSnapshots = 4
+	}
 	if cfg.BootSlots <= 0 {
 		cfg.BootSlots = 2 * runtime.NumCPU()
 	}
@@ -184,7 +191,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSize), slots: make(chan struct{}, cfg.BootSlots)}
+	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSnapshots), slots: make(chan struct{}, cfg.BootSlots)}
 	m.cleanSnapshots()
 	var recs []record
 	err = cfg.DB.View(func(tx *store.Tx) error {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 	"time"
 
@@ -20,9 +21,11 @@ import (
 // load on the start's path. A zygote is a VM restored from a boot snapshot
 // ahead of time and left running in flick-init, which waits for its config:
 // a start of the snapshot's image (with a layer in memory) claims one and
-// only sends its config. The pool keeps PoolSize zygotes per snapshot that
-// has been used, refilling in the background after each claim; they live in
-// Root/pool and die with the daemon.
+// only sends its config. The pool keeps PoolSize zygotes (or the image's
+// flick.pool) per snapshot, for the PoolSnapshots snapshots started most
+// recently, refilling in the background after each claim; the zygotes of a
+// snapshot that falls out of that set are ended. They live in Root/pool and
+// die with the daemon.
 
 // zygote is a restored VM waiting for its instance.
 type zygote struct {
@@ -36,15 +39,36 @@ type zygote struct {
 
 type pool struct {
 	mu      sync.Mutex
-	size    int
+	keep    int                  // snapshots with zygotes, at most
 	idle    map[string][]*zygote // by snapshot key
 	filling map[string]int
+	used    map[string]time.Time // when a start last used each snapshot with zygotes
 	closed  bool
 	wg      sync.WaitGroup
 }
 
-func newPool(size int) *pool {
-	return &pool{size: size, idle: map[string][]*zygote{}, filling: map[string]int{}}
+func newPool(keep int) *pool {
+	return &pool{keep: keep, idle: map[string][]*zygote{}, filling: map[string]int{}, used: map[string]time.Time{}}
+}
+
+// evictLocked ends the idle zygotes of the snapshots beyond the keep most
+// recently used; zygotes still being made are ended when they are ready.
+func (p *pool) evictLocked() []*zygote {
+	if len(p.used) <= p.keep {
+		return nil
+	}
+	keys := make([]string, 0, len(p.used))
+	for k := range p.used {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return p.used[keys[i]].After(p.used[keys[j]]) })
+	var out []*zygote
+	for _, k := range keys[p.keep:] {
+		out = append(out, p.idle[k]...)
+		delete(p.idle, k)
+		delete(p.used, k)
+	}
+	return out
 }
 
 func (m *Manager) poolDir() string { return filepath.Join(m.cfg.Root, "pool") }
@@ -71,15 +95,30 @@ func (m *Manager) claimZygote(key string) *zygote {
 
 // fillPool makes zygotes of key, restored as spec says (ID, Dir, console
 // and data disk are the zygote's own) and rehearsed with drill, until the
-// pool holds PoolSize.
-func (m *Manager) fillPool(key string, spec vmm.Spec, drill wire.Config) {
+// pool holds size of them, and ends those of the snapshots used least
+// recently.
+func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Config) {
 	p := m.pool
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed || p.size <= 0 {
+	if p.closed {
 		return
 	}
-	for n := len(p.idle[key]) + p.filling[key]; n < p.size; n++ {
+	if size <= 0 {
+		m.log.Debug("no zygotes kept of this snapshot", "snapshot", key)
+		for _, z := range p.idle[key] {
+			go z.discard()
+		}
+		delete(p.idle, key)
+		delete(p.used, key)
+		return
+	}
+	p.used[key] = time.Now()
+	for _, z := range p.evictLocked() {
+		m.log.Info("zygote ended: its snapshot is not among the most recently started", "zygote", z.id)
+		go z.discard()
+	}
+	for n := len(p.idle[key]) + p.filling[key]; n < size; n++ {
 		p.filling[key]++
 		p.wg.Add(1)
 		go func() {
@@ -93,6 +132,9 @@ func (m *Manager) fillPool(key string, spec vmm.Spec, drill wire.Config) {
 				m.log.Warn("zygote not made", "snapshot", key, "err", err)
 			case p.closed:
 				z.discard()
+			case p.used[key].IsZero():
+				// Evicted while it was being made.
+				go z.discard()
 			default:
 				p.idle[key] = append(p.idle[key], z)
 				m.log.Info("zygote ready", "snapshot", key, "zygote", z.id, "pid", z.vm.Handle().PID)

@@ -523,7 +523,11 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			if nic != nil {
 				spec.NIC = &vmm.NIC{MAC: nic.MAC} // each zygote makes its own TAP
 			}
-			m.fillPool(snapKey, spec, gc)
+			size := m.cfg.PoolSize
+			if img.Config.Pool != nil {
+				size = *img.Config.Pool
+			}
+			m.fillPool(snapKey, size, spec, gc)
 		}
 	}
 	return m.view(in), nil
