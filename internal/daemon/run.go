@@ -113,7 +113,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	mgr, err = instance.New(ctx, instance.Config{
 		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log, Networks: networks,
 		Kernel: cfg.Kernel, Initrd: initrd,
-		Cmdline:       func(string) string { return guest.KernelCmdline(guest.CmdlineOptions{}) },
+		Cmdline:       func(accel string) string { return guest.KernelCmdline(guest.CmdlineOptions{Accel: accel}) },
 		BootTimeout:   cfg.BootTimeout,
 		Snapshots:     !cfg.NoSnapshots,
 		SnapshotTag:   qv + " " + cfg.TCGCPU,

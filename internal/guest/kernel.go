@@ -36,6 +36,9 @@ type CmdlineOptions struct {
 	TSCkHz int
 	// Verbose drops "quiet", so the kernel logs its boot to the console.
 	Verbose bool
+	// Accel is the accelerator the guest runs under, "kvm" or "tcg" (the
+	// default).
+	Accel string
 	// Extra parameters are appended as they are.
 	Extra []string
 }
@@ -50,8 +53,15 @@ type CmdlineOptions struct {
 //	                      console byte costs ~1 ms at 9600.
 //	quiet                 the console is a log, not a progress bar: printing
 //	                      the full boot log at 115200 costs tens of ms.
-//	noapictimer           APIC timer calibration spins ~260 ms under TCG;
-//	                      the PIT ticks instead.
+//	lapic_timer_period=   (TCG) the local APIC timer's rate, 1e9/HZ: QEMU's
+//	                      emulated APIC counts at 1 GHz, and HZ is 250 in
+//	                      flick.config. Calibrating it spins ~260 ms under
+//	                      TCG; the PIT instead (noapictimer, before) wakes
+//	                      an idle guest ~40 times a second, as its 16-bit
+//	                      counter cannot wait longer than ~27 ms. The
+//	                      parameter is our kernel's (guest/kernel/patches).
+//	                      Under KVM the APIC has a TSC deadline mode or
+//	                      calibrates in real time.
 //	tsc_early_khz=N       skips CPU speed calibration against the PIT
 //	                      (10-19 ms, and it can hang outright under TCG).
 //	pty.legacy_count=0    256 legacy PTYs cost ~10-20 ms (also configured
@@ -85,7 +95,9 @@ func KernelCmdline(opts CmdlineOptions) string {
 	if !opts.Verbose {
 		args = append(args, "quiet")
 	}
-	args = append(args, "noapictimer")
+	if opts.Accel != "kvm" {
+		args = append(args, "lapic_timer_period=4000000")
+	}
 	if khz > 0 {
 		args = append(args, "tsc_early_khz="+strconv.Itoa(khz))
 	}
