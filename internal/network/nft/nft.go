@@ -102,11 +102,7 @@ func Apply(nsFD int, rs Ruleset) error {
 // it does when rules go: a start that publishes ports pays well under a
 // millisecond.
 func AddForwards(nsFD int, table string, fs []Forward) error {
-	rs, err := validate(Ruleset{Table: table, Forwards: fs})
-	if err != nil {
-		return err
-	}
-	p, err := build(rs)
+	p, err := build(Ruleset{Table: table, Forwards: fs})
 	if err != nil {
 		return err
 	}
@@ -121,7 +117,7 @@ func AddForwards(nsFD int, table string, fs []Forward) error {
 		}
 	}
 	if err := conn.Flush(); err != nil {
-		return fmt.Errorf("add published ports to nftables table inet %s: %w", rs.Table, err)
+		return fmt.Errorf("add published ports to nftables table inet %s: %w", p.table.Name, err)
 	}
 	return nil
 }
