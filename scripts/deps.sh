@@ -9,7 +9,7 @@ set -eu
 min_go=1.26
 packages="qemu-system-x86 linux-source-6.1 build-essential flex bison libelf-dev
 libssl-dev bc cpio xz-utils erofs-utils e2fsprogs busybox-static
-docker-registry iproute2 wrk"
+docker-registry iproute2 wrk curl"
 
 die() { echo "deps: $*" >&2; exit 1; }
 
