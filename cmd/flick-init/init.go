@@ -85,8 +85,18 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 	if err != nil {
 		return cfg, nil, err
 	}
+	// The interface is set up beside the root's mounts, whose disk reads
+	// leave the vCPU idle.
+	var link chan error
+	startLink := func() {
+		if cfg.Net != nil {
+			link = make(chan error, 1)
+			go func(n *wire.Net) { link <- linkUp(n) }(cfg.Net)
+		}
+	}
 	if !cfg.AwaitConfig {
 		ready()
+		startLink()
 		if err := setupRoot(cfg); err != nil {
 			return cfg, nil, err
 		}
@@ -109,6 +119,7 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		ready()
 		layer := cfg.WritableLayer
 		cfg = <-hostConfig
+		startLink()
 		applyHostState(cfg)
 		if err := checkConfig(cfg); err != nil {
 			return cfg, nil, err
@@ -129,8 +140,11 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 	if err := setHostname(root, cfg.Hostname, cfg.Net); err != nil {
 		logf("%v", err)
 	}
-	if cfg.Net != nil {
-		if err := netUp(root, cfg.Net); err != nil {
+	if link != nil {
+		if err := <-link; err != nil {
+			return cfg, nil, err
+		}
+		if err := writeResolvConf(root, cfg.Net); err != nil {
 			return cfg, nil, err
 		}
 	}

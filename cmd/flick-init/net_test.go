@@ -34,3 +34,23 @@ func TestMaskOf(t *testing.T) {
 		}
 	}
 }
+
+func TestParseMAC(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want [6]byte
+		ok   bool
+	}{
+		{"02:fc:0a:4d:00:05", [6]byte{2, 0xfc, 0x0a, 0x4d, 0, 5}, true},
+		{"02:FC:0A:4D:00:05", [6]byte{2, 0xfc, 0x0a, 0x4d, 0, 5}, true},
+		{"02:fc:0a:4d:00", [6]byte{}, false},
+		{"02-fc-0a-4d-00-05", [6]byte{}, false},
+		{"02:fc:0a:4d:00:0g", [6]byte{}, false},
+		{"", [6]byte{}, false},
+	} {
+		got, ok := parseMAC(tc.in)
+		if ok != tc.ok || (ok && got != tc.want) {
+			t.Errorf("parseMAC(%q) = %x, %v; want %x, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
