@@ -33,7 +33,7 @@ func main() {
 	flag.IntVar(&cfg.PoolSnapshots, "pool-images", 4, "boot snapshots (the most recently started) that keep zygotes; the zygotes of others are ended")
 	flag.BoolVar(&cfg.NoNetwork, "no-network", false, "give instances loopback only: no bridge, NAT, published ports or DNS")
 	flag.StringVar(&cfg.NetNS, "netns", "", "network namespace (name from ip netns, or a path) for the VMs' bridges, TAPs, rules and published ports; default flickd's own")
-	flag.StringVar(&cfg.DefaultSubnet, "default-subnet", "10.77.0.0/16", "subnet of the network \"default\", when flickd first makes it")
+	flag.StringVar(&cfg.DefaultSubnet, "default-subnet", "", "subnet of the network \"default\", when flickd first makes it (default the first of 10.77.0.0/16, 172.30.0.0/16, 192.168.177.0/24 that the host does not route)")
 	flag.Func("dns", "DNS server (IP or IP:PORT) for guests' names outside flick.internal; repeat for more (default the host's /etc/resolv.conf)", func(v string) error {
 		cfg.DNS = append(cfg.DNS, v)
 		return nil

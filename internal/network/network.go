@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -39,9 +40,9 @@ const (
 	attBucket = "attachments"
 )
 
-// DefaultSubnet is the default network's subnet unless flickd is told
-// otherwise.
-const DefaultSubnet = "10.77.0.0/16"
+// DefaultSubnets are the default network's subnets, the first that is
+// free of the host's routes, unless flickd is told one.
+var DefaultSubnets = []string{"10.77.0.0/16", "172.30.0.0/16", "192.168.177.0/24"}
 
 // Config configures a Manager.
 type Config struct {
@@ -49,7 +50,8 @@ type Config struct {
 	NS     *netns.NS // where bridges, TAPs, rules and port sockets live; nil: the daemon's own
 	Logger *slog.Logger
 	// DefaultSubnet is the subnet of the network "default", made at the
-	// first start; default DefaultSubnet.
+	// first start; default the first of DefaultSubnets that the host does
+	// not route elsewhere.
 	DefaultSubnet string
 	// Table is flick's nftables table; default "flick".
 	Table string
@@ -93,9 +95,6 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.NS == nil {
 		cfg.NS = netns.Host()
 	}
-	if cfg.DefaultSubnet == "" {
-		cfg.DefaultSubnet = DefaultSubnet
-	}
 	if cfg.Table == "" {
 		cfg.Table = "flick"
 	}
@@ -137,7 +136,18 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	if _, ok := m.nets[api.NetworkDefault]; !ok {
-		if _, err := m.create(ctx, api.NetworkCreateRequest{Name: api.NetworkDefault, Subnet: cfg.DefaultSubnet}); err != nil {
+		subnets := DefaultSubnets
+		if cfg.DefaultSubnet != "" {
+			subnets = []string{cfg.DefaultSubnet}
+		}
+		var err error
+		for _, sub := range subnets {
+			if _, err = m.create(ctx, api.NetworkCreateRequest{Name: api.NetworkDefault, Subnet: sub}); err == nil || !errors.Is(err, errdefs.ErrInvalidArgument) {
+				break
+			}
+			m.log.Info("default subnet taken by the host; trying the next", "subnet", sub, "err", err)
+		}
+		if err != nil {
 			m.Close()
 			return nil, fmt.Errorf("default network: %w", err)
 		}

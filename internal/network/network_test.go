@@ -214,3 +214,40 @@ func BenchmarkAttach(b *testing.B) {
 		m.Detach(id)
 	}
 }
+
+// TestDefaultSubnetAvoidsHostRoutes makes the default network in a
+// namespace that routes 10.77.0.0/16 elsewhere: it takes the next subnet.
+func TestDefaultSubnetAvoidsHostRoutes(t *testing.T) {
+	ns := newNS(t)
+	if out, err := exec.Command("ip", "-n", ns.Name(), "route", "add", "blackhole", "10.77.0.0/16").CombinedOutput(); err != nil {
+		t.Fatalf("ip route: %v: %s", err, out)
+	}
+	db, err := store.Open(filepath.Join(t.TempDir(), "db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	m, err := New(t.Context(), Config{DB: db, NS: ns, Upstreams: []string{"127.0.0.1:1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	n, err := m.Get(t.Context(), api.NetworkDefault)
+	if err != nil || n.Subnet != "172.30.0.0/16" {
+		t.Errorf("default network: %+v, %v; want 172.30.0.0/16, the next free one", n, err)
+	}
+	// Told a taken subnet, it says so.
+	db2, err := store.Open(filepath.Join(t.TempDir(), "db2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db2.Close()
+	ns2 := newNS(t)
+	if out, err := exec.Command("ip", "-n", ns2.Name(), "route", "add", "blackhole", "10.5.0.0/16").CombinedOutput(); err != nil {
+		t.Fatalf("ip route: %v: %s", err, out)
+	}
+	_, err = New(t.Context(), Config{DB: db2, NS: ns2, DefaultSubnet: "10.5.0.0/24", Upstreams: []string{"127.0.0.1:1"}})
+	if err == nil || !strings.Contains(err.Error(), "overlaps the host's route to 10.5.0.0/16") || !strings.Contains(err.Error(), "--default-subnet") {
+		t.Errorf("a taken --default-subnet: %v", err)
+	}
+}
