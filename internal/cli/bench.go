@@ -6,6 +6,7 @@ import (
 	"math"
 	"slices"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -60,6 +61,7 @@ func (a *app) benchCommand() *cobra.Command {
 	var n int
 	var asJSON, agent, warm bool
 	var execCmd []string
+	var interval time.Duration
 	var cpSize string
 	cmd := &cobra.Command{
 		Use:   "bench IMAGE [OPTIONS] [-- CMD...]",
@@ -106,11 +108,11 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 			}
 			if warm {
 				// The first start of an image takes its snapshot.
-				if _, err := a.bench(c, req, 1); err != nil {
+				if _, err := a.bench(c, req, 1, 0); err != nil {
 					return err
 				}
 			}
-			res, err := a.bench(c, req, n)
+			res, err := a.bench(c, req, n, interval)
 			if err != nil {
 				return err
 			}
@@ -149,6 +151,7 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 	cmd.Flags().IntVarP(&n, "count", "n", 20, "number of cold boots (of execs with --agent)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&warm, "warm", false, "measure starts from the image's boot snapshot instead of cold boots")
+	cmd.Flags().DurationVar(&interval, "interval", 0, "pause between starts, e.g. 2s, so that the daemon's zygote pool refills (--warm)")
 	cmd.Flags().BoolVar(&agent, "agent", false, "measure exec round trips and cp throughput of one instance instead of cold boots")
 	cmd.Flags().StringArrayVar(&execCmd, "exec-cmd", []string{"true"}, "with --agent, the command to exec (repeat for arguments)")
 	cmd.Flags().StringVar(&cpSize, "cp-size", "100M", "with --agent, the size of the file copied in and out")
@@ -165,11 +168,18 @@ func orderPhases(names []string) []string {
 }
 
 // bench boots req n times and collects the phase timings.
-func (a *app) bench(c *api.Client, req api.CreateRequest, n int) (benchResult, error) {
+func (a *app) bench(c *api.Client, req api.CreateRequest, n int, interval time.Duration) (benchResult, error) {
 	res := benchResult{N: n, Image: req.Image, Layer: req.WritableLayer, Warm: !req.ColdBoot}
 	samples := map[string][]float64{}
 	progress := isTerminal(a.stderr)
 	for i := range n {
+		if i > 0 && interval > 0 {
+			select {
+			case <-time.After(interval):
+			case <-a.ctx.Done():
+				return res, a.ctx.Err()
+			}
+		}
 		var in api.Instance
 		var err error
 		if i == 0 {
