@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -27,6 +28,38 @@ const agentArg0 = "flick-agent"
 // stopping is set once PID 1 has begun to shut down: a dying agent is then
 // not restarted.
 var stopping atomic.Bool
+
+// The agent starts when both the app has started (agentReady) and the host
+// has asked for it (agentWanted), whichever comes last, and once.
+var agentStart struct {
+	sync.Mutex
+	wanted  bool
+	start   func()
+	started bool
+}
+
+// agentReady says how to start the agent, once the app has started.
+func agentReady(start func()) {
+	agentStart.Lock()
+	defer agentStart.Unlock()
+	agentStart.start = start
+	maybeStartAgentLocked()
+}
+
+// agentWanted records the host's request for the agent.
+func agentWanted() {
+	agentStart.Lock()
+	defer agentStart.Unlock()
+	agentStart.wanted = true
+	maybeStartAgentLocked()
+}
+
+func maybeStartAgentLocked() {
+	if agentStart.wanted && agentStart.start != nil && !agentStart.started {
+		agentStart.started = true
+		agentStart.start()
+	}
+}
 
 // superviseAgent runs in PID 1: it starts the agent and starts it again
 // whenever it dies, telling the host each time, with a growing pause when it

@@ -163,8 +163,9 @@ func runApp(p *port, r prepResult) (code, sig int, err error) {
 	}
 	p.event(wire.Event{Kind: wire.EventStarted, PID: a.pid})
 	if !r.cfg.NoAgent {
-		// After the app, not before: the agent is not on the boot path.
-		go superviseAgent(p, r.cfg)
+		// After the app, not before, and only once the host asks: the
+		// agent is not on the boot path.
+		agentReady(func() { go superviseAgent(p, r.cfg) })
 	}
 	code, sig = a.wait()
 	return code, sig, nil

@@ -124,6 +124,8 @@ func (p *port) readLoop(signal func(int)) {
 			if json.Unmarshal(f.Payload, &c) == nil {
 				applyHostState(wire.Config{TimeNS: c.TimeNS})
 			}
+		case wire.TypeAgentStart:
+			agentWanted()
 		case wire.TypeClone:
 			var id wire.Identity
 			if err := json.Unmarshal(f.Payload, &id); err != nil {

@@ -30,8 +30,10 @@ const DefaultTimeout = 30 * time.Second
 
 // Client talks to the agent of one VM.
 type Client struct {
-	dial Dialer
-	log  *slog.Logger
+	dial  Dialer
+	start func() error
+	log   *slog.Logger
+	once  sync.Once
 
 	mu     sync.Mutex
 	sess   *yamux.Session
@@ -41,14 +43,38 @@ type Client struct {
 	done   chan struct{} // closed when Run returns
 }
 
-// New returns a client; Run must be called for it to connect.
-func New(dial Dialer, log *slog.Logger) *Client {
-	return &Client{dial: dial, log: log, up: make(chan struct{}), done: make(chan struct{})}
+// New returns a client. It connects at its first request, after calling
+// start (when not nil), which asks the guest to start its agent: a VM that
+// nobody execs into never runs one. Run connects at once instead.
+func New(dial Dialer, start func() error, log *slog.Logger) *Client {
+	return &Client{dial: dial, start: start, log: log, up: make(chan struct{}), done: make(chan struct{})}
+}
+
+// ensure starts the agent and the connection, the first time.
+func (c *Client) ensure() {
+	c.once.Do(func() {
+		if c.start != nil {
+			if err := c.start(); err != nil {
+				c.log.Warn("ask the guest to start its agent", "err", err)
+			}
+		}
+		go c.run(context.Background())
+	})
 }
 
 // Run connects, handshakes and keeps a session until Close, starting over
 // whenever the session ends. It returns when ctx ends or Close is called.
+// The first request runs it, unless it already runs.
 func (c *Client) Run(ctx context.Context) {
+	started := false
+	c.once.Do(func() { started = true })
+	if !started {
+		return // ensure or another Run has it
+	}
+	c.run(ctx)
+}
+
+func (c *Client) run(ctx context.Context) {
 	defer close(c.done)
 	for {
 		if c.isClosed() || ctx.Err() != nil {
@@ -139,8 +165,14 @@ func (c *Client) Close() {
 	}
 }
 
-// Wait blocks until Run has returned.
-func (c *Client) Wait() { <-c.done }
+// Wait blocks until Run has returned, if it ever ran.
+func (c *Client) Wait() {
+	started := true
+	c.once.Do(func() { started = false })
+	if started {
+		<-c.done
+	}
+}
 
 // Up reports whether a session is established.
 func (c *Client) Up() bool {
@@ -151,6 +183,7 @@ func (c *Client) Up() bool {
 
 // open waits for a session and opens a stream carrying req.
 func (c *Client) open(ctx context.Context, req wire.Request) (net.Conn, error) {
+	c.ensure()
 	for {
 		c.mu.Lock()
 		sess, up, closed := c.sess, c.up, c.closed

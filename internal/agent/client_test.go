@@ -82,7 +82,7 @@ func (f *fakeAgent) serve(t *testing.T, nonce uint64) {
 }
 
 func newClient(t *testing.T, f *fakeAgent) *Client {
-	c := New(f.dial, slog.New(slog.DiscardHandler))
+	c := New(f.dial, nil, slog.New(slog.DiscardHandler))
 	go c.Run(context.Background())
 	t.Cleanup(func() { c.Close(); c.Wait() })
 	return c

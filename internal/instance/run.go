@@ -90,10 +90,10 @@ func (r *running) detach() {
 	_ = r.vm.Close()
 }
 
-// startAgent connects to the guest agent in the background, for good.
+// startAgent sets up the host side of the guest agent: at the first
+// request it asks flick-init to start the agent, then stays connected.
 func (r *running) startAgent(log *slog.Logger) {
-	r.agent = agent.New(r.vm.DialAgent, log)
-	go r.agent.Run(context.Background())
+	r.agent = agent.New(r.vm.DialAgent, func() error { return r.send(wire.TypeAgentStart, nil) }, log)
 }
 
 func (r *running) closeChannels() {

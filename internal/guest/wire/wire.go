@@ -114,6 +114,10 @@ const (
 	// clone of a running VM and gives it an identity of its own; it
 	// answers with an Event of kind "cloned".
 	TypeClone byte = 10
+	// TypeAgentStart (host to guest, empty) starts the guest agent, once
+	// the app has started: the host asks with its first request, so that
+	// a VM nobody execs into never pays for an agent. Again, it is a no-op.
+	TypeAgentStart byte = 11
 )
 
 // Identity is the payload of TypeClone: what makes a clone a machine of
