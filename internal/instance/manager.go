@@ -8,7 +8,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -195,14 +194,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	m.cleanSnapshots()
 	var recs []record
 	err = cfg.DB.View(func(tx *store.Tx) error {
-		return tx.ForEach(bucket, func(_ string, raw []byte) error {
-			var r record
-			if err := json.Unmarshal(raw, &r); err != nil {
-				return err
-			}
-			recs = append(recs, r)
-			return nil
-		})
+		var err error
+		recs, err = store.All[record](tx, bucket)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load instances: %w", err)

@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -161,24 +160,12 @@ func (m *Manager) load() error {
 	var recs []api.Network
 	var atts []Attachment
 	err := m.cfg.DB.View(func(tx *store.Tx) error {
-		if err := tx.ForEach(netBucket, func(_ string, raw []byte) error {
-			var n api.Network
-			if err := json.Unmarshal(raw, &n); err != nil {
-				return err
-			}
-			recs = append(recs, n)
-			return nil
-		}); err != nil {
+		var err error
+		if recs, err = store.All[api.Network](tx, netBucket); err != nil {
 			return err
 		}
-		return tx.ForEach(attBucket, func(_ string, raw []byte) error {
-			var a Attachment
-			if err := json.Unmarshal(raw, &a); err != nil {
-				return err
-			}
-			atts = append(atts, a)
-			return nil
-		})
+		atts, err = store.All[Attachment](tx, attBucket)
+		return err
 	})
 	if err != nil {
 		return fmt.Errorf("load networks: %w", err)

@@ -107,3 +107,17 @@ func (d *DB) Put(bucket, key string, v any) error {
 func (d *DB) Delete(bucket, key string) error {
 	return d.Update(func(tx *Tx) error { return tx.Delete(bucket, key) })
 }
+
+// All decodes every record of bucket, in key order.
+func All[T any](t *Tx, bucket string) ([]T, error) {
+	var out []T
+	err := t.ForEach(bucket, func(key string, raw []byte) error {
+		var v T
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return fmt.Errorf("decode %s/%s: %w", bucket, key, err)
+		}
+		out = append(out, v)
+		return nil
+	})
+	return out, err
+}
