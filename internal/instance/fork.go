@@ -193,16 +193,9 @@ func (m *Manager) convertFork(ctx context.Context, rec record, dir, stream strin
 	defer os.RemoveAll(run)
 	accel := firstNonEmpty(rec.Accel, vmm.PickAccel(rec.Config.Accel))
 	snap := &vmm.Snapshot{RAM: filepath.Join(dir, "ram"), State: filepath.Join(dir, "state")}
-	spec := vmm.Spec{
-		ID: id, Dir: run, Kernel: firstNonEmpty(rec.Config.Kernel, m.cfg.Kernel), Initrd: m.cfg.Initrd,
-		Cmdline: m.cfg.Cmdline(accel), CPUs: rec.Config.CPUs, MemoryMiB: rec.Config.MemoryMiB, Accel: accel,
-		Disks: []vmm.Disk{
-			{Path: rootDisk, Serial: "root", ReadOnly: true},
-			{Path: data, Serial: "data"},
-		},
-		GuestConfig: cfgPath, ConsoleLog: filepath.Join(dir, "console.log"),
-		Restore: &vmm.Snapshot{State: stream}, RAMFile: snap.RAM,
-	}
+	spec := m.vmSpec(id, rec.Config, accel, rootDisk, data)
+	spec.Dir, spec.GuestConfig, spec.ConsoleLog = run, cfgPath, filepath.Join(dir, "console.log")
+	spec.Restore, spec.RAMFile = &vmm.Snapshot{State: stream}, snap.RAM
 	if m.cfg.Networks != nil {
 		if a, ok := m.cfg.Networks.Attachment(rec.ID); ok {
 			f, _, err := m.cfg.Networks.OpenTAP(id)

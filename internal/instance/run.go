@@ -277,11 +277,11 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		return fail(err)
 	}
 	accel := vmm.PickAccel(rec.Config.Accel)
-	kernel := firstNonEmpty(rec.Config.Kernel, m.cfg.Kernel)
+	spec := m.vmSpec(rec.ID, rec.Config, accel, rootDisk, dataDisk)
+	kernel, cmdline := spec.Kernel, spec.Cmdline
 	if _, err := os.Stat(kernel); err != nil {
 		return fail(errdefs.Unavailable("guest kernel %s not found: build it with make kernel, or give flickd --kernel", kernel))
 	}
-	cmdline := m.cfg.Cmdline(accel)
 	// A boot snapshot of this image to restore, or one to take on this
 	// boot.
 	var restore *bootSnapshot
@@ -326,19 +326,8 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		t = mark(api.PhaseNetwork, t)
 	}
 
-	b := bootPlan{
-		spec: vmm.Spec{
-			ID: rec.ID, Dir: rec.RunDir, Kernel: kernel, Initrd: m.cfg.Initrd, Cmdline: cmdline,
-			CPUs: rec.Config.CPUs, MemoryMiB: rec.Config.MemoryMiB, Accel: accel,
-			Disks: []vmm.Disk{
-				{Path: rootDisk, Serial: "root", ReadOnly: true},
-				{Path: dataDisk, Serial: "data"},
-			},
-			GuestConfig: cfgPath, ConsoleLog: in.consolePath(), NIC: nic,
-		},
-		config: gc,
-		digest: img.Digest,
-	}
+	spec.Dir, spec.GuestConfig, spec.ConsoleLog, spec.NIC = rec.RunDir, cfgPath, in.consolePath(), nic
+	b := bootPlan{spec: spec, config: gc, digest: img.Digest}
 	// An instance standing by resumes from its own saved state; a clone
 	// starts from its parent's.
 	resume := ""
@@ -925,6 +914,20 @@ type bootPlan struct {
 	clone   *vmm.Snapshot // a fork snapshot of a running VM to restore, as a clone
 }
 
+// vmSpec is the VM of an instance with config c: its kernel and command
+// line, and its disks in the order that snapshots rely on. Dir,
+// GuestConfig, ConsoleLog and NIC are the caller's to fill in.
+func (m *Manager) vmSpec(id string, c api.InstanceConfig, accel, rootDisk, dataDisk string) vmm.Spec {
+	return vmm.Spec{
+		ID: id, Kernel: firstNonEmpty(c.Kernel, m.cfg.Kernel), Initrd: m.cfg.Initrd, Cmdline: m.cfg.Cmdline(accel),
+		CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, Accel: accel,
+		Disks: []vmm.Disk{
+			{Path: rootDisk, Serial: "root", ReadOnly: true},
+			{Path: dataDisk, Serial: "data"},
+		},
+	}
+}
+
 // boot brings up the VM of b until its app runs, marking the phases: vmm,
 // then kernel and init for a boot (with snapshot when it saves one) or
 // restore and init for a restore, then app. On failure nothing of the VM
@@ -1218,6 +1221,11 @@ func (m *Manager) Resume(ctx context.Context, ref string) (api.Instance, error) 
 	}
 	in.op.Lock()
 	defer in.op.Unlock()
+	return m.resumeLocked(ctx, in)
+}
+
+// resumeLocked starts an instance that stands by; in.op held.
+func (m *Manager) resumeLocked(ctx context.Context, in *inst) (api.Instance, error) {
 	in.mu.Lock()
 	state, name := in.rec.State, in.rec.Name
 	in.mu.Unlock()
@@ -1238,17 +1246,14 @@ func (m *Manager) Wake(ctx context.Context, id string) error {
 	in.op.Lock()
 	defer in.op.Unlock()
 	in.mu.Lock()
-	state, name := in.rec.State, in.rec.Name
+	running := in.rec.State == api.StateRunning
+	name := in.rec.Name
 	in.mu.Unlock()
-	switch state {
-	case api.StateRunning:
-		return nil
-	case api.StateStandby:
-	default:
-		return errdefs.Conflict("instance %s is %s", name, state)
+	if running {
+		return nil // another connection woke it
 	}
 	t0 := time.Now()
-	if _, err := m.startLocked(context.WithoutCancel(ctx), in); err != nil {
+	if _, err := m.resumeLocked(ctx, in); err != nil {
 		return err
 	}
 	m.log.Info("woken by a connection", "vm", id, "name", name, "ms", ms(time.Since(t0)))

@@ -80,19 +80,12 @@ type AttachRequest struct {
 }
 
 // Attach gives an instance an address on its network and binds its
-// published ports; an instance that has one keeps it. A host port taken by
-// anyone gives a conflict that names the holder when it can.
+// published ports, which the caller has checked (portspec.Validate and
+// Conflicts, at create); an instance that has one keeps it. A host port
+// taken by anyone gives a conflict that names the holder when it can.
 func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, error) {
 	if req.Network == "" {
 		req.Network = api.NetworkDefault
-	}
-	for _, p := range req.Ports {
-		if err := portspec.Validate(p); err != nil {
-			return Attachment{}, errdefs.InvalidArgument("%v", err)
-		}
-	}
-	if err := portspec.Conflicts(req.Ports); err != nil {
-		return Attachment{}, errdefs.InvalidArgument("%v", err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
