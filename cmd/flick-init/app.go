@@ -96,11 +96,12 @@ func forwardSignal(sig int) {
 
 // launch is everything exec needs, resolved inside the app's root.
 type launch struct {
-	argv0 string
-	args  []string
-	env   []string
-	dir   string
-	cred  *syscall.Credential
+	argv0  string
+	args   []string
+	env    []string
+	dir    string
+	cred   *syscall.Credential
+	chroot string // the app's root; a rehearsal's process stays in flick-init's
 }
 
 // planApp resolves the app's user, environment, working directory and
@@ -135,7 +136,7 @@ func planApp(root rootDir, cfg wire.Config) (*launch, error) {
 		return nil, err
 	}
 	return &launch{
-		argv0: argv0, args: cfg.Args, env: env, dir: dir,
+		argv0: argv0, args: cfg.Args, env: env, dir: dir, chroot: newRoot,
 		cred: &syscall.Credential{Uid: c.uid, Gid: c.gid, Groups: c.groups},
 	}, nil
 }
@@ -165,7 +166,7 @@ func startApp(p *port, l *launch) (*app, error) {
 		Env:   l.env,
 		Files: []uintptr{null.Fd(), outW.Fd(), errW.Fd()},
 		Sys: &syscall.SysProcAttr{
-			Chroot:     newRoot,
+			Chroot:     l.chroot,
 			Credential: l.cred,
 			Setsid:     true,
 		},

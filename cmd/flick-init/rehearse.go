@@ -2,7 +2,6 @@ package main
 
 import (
 	"net/netip"
-	"syscall"
 	"time"
 
 	"github.com/flick-vm/flick/internal/guest/wire"
@@ -70,19 +69,11 @@ func rehearse(p *port, cfg wire.Config) {
 		}
 		unix.Close(root.fd)
 	}
-	kids.mu.Lock()
-	pid, err := syscall.ForkExec("/init", []string{rehearsalArg0}, &syscall.ProcAttr{
-		Env:   []string{"PATH=" + defaultPath},
-		Files: []uintptr{uintptr(unix.Stdin), uintptr(unix.Stderr), uintptr(unix.Stderr)},
-		Sys:   &syscall.SysProcAttr{Setsid: true},
-	})
-	var exit <-chan unix.WaitStatus
+	// The start's own way to a process: /dev/null, two pipes and their
+	// pumps (the host ignores what comes before the rehearsal's end).
+	a, err := startApp(p, &launch{argv0: "/init", args: []string{rehearsalArg0}, env: []string{"PATH=" + defaultPath}, dir: "/"})
 	if err == nil {
-		exit = kids.watchLocked(pid)
-	}
-	kids.mu.Unlock()
-	if err == nil {
-		<-exit
+		a.wait()
 	} else {
 		logf("rehearse: %v", err)
 	}

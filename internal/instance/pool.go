@@ -2,6 +2,7 @@ package instance
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -204,6 +205,12 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 func rehearse(ctx context.Context, ctl net.Conn, drill wire.Config) error {
 	drill.Hostname = "zygote"
 	drill.TimeNS = time.Now().UnixNano()
+	// A seed of its own: the zygote's RNG parts from its snapshot's here,
+	// and the reseed the start repeats is translated code by then.
+	drill.Seed = make([]byte, 32)
+	if _, err := rand.Read(drill.Seed); err != nil {
+		return fmt.Errorf("rehearse: %w", err)
+	}
 	if drill.Net != nil {
 		// A link-local stand-in: the zygote's TAP is on no bridge until
 		// a start claims it and sends the real address.
