@@ -449,9 +449,22 @@ func TestNetworks(t *testing.T) {
 }
 
 // TestWakeOnRequest stands an idle instance by and wakes it with the next
-// connections to its published port: every one of them is served.
+// connections to its published port: every one of them is served. With a
+// hot standby the wake continues the paused VMM; without, it restores the
+// save into a new one.
 func TestWakeOnRequest(t *testing.T) {
+	for _, hot := range []bool{false, true} {
+		t.Run(fmt.Sprintf("hot=%v", hot), func(t *testing.T) { testWakeOnRequest(t, hot) })
+	}
+}
+
+func testWakeOnRequest(t *testing.T, hot bool) {
 	e := newEnv(t)
+	if !hot {
+		e.stopDaemon()
+		e.extra = []string{"--hot-standby", "0"}
+		e.startDaemon()
+	}
 	e.load(testenv.ScratchGoImage(t, probeSource), probe)
 	client := e.addPeer("c", "192.0.2.1/24", "192.0.2.2/24")
 
@@ -462,6 +475,10 @@ func TestWakeOnRequest(t *testing.T) {
 		return in.State == "standby"
 	}
 	waitFor(t, 30*time.Second, "the idle instance to stand by", standing)
+	before, _ := e.inspect("lazy")
+	if alive(before.PID) != hot {
+		t.Errorf("standing by, the VMM %d is alive: %v; want %v", before.PID, alive(before.PID), hot)
+	}
 
 	// Several connections at once while it stands by: the first wakes it,
 	// all are held, none is dropped.
@@ -484,6 +501,9 @@ func TestWakeOnRequest(t *testing.T) {
 	in, _ := e.inspect("lazy")
 	if in.State != "running" || in.StartMode != "resume" {
 		t.Errorf("after the wake: state %s, start_mode %s; want running, resume", in.State, in.StartMode)
+	}
+	if hot && in.PID != before.PID {
+		t.Errorf("after a hot wake the VMM is %d, want the paused %d continued", in.PID, before.PID)
 	}
 	if !e.logged("woken by a connection") {
 		t.Errorf("flickd did not log the wake")

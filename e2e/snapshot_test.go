@@ -141,6 +141,10 @@ func (e *env) logged(pattern string) bool {
 
 func TestStandbyResume(t *testing.T) {
 	e := newEnv(t)
+	// The standby that ends its VMM at once (TestHotStandby keeps it).
+	e.stopDaemon()
+	e.extra = []string{"--hot-standby", "0"}
+	e.startDaemon()
 	e.load(testenv.BusyboxImage(t), busybox)
 	// A counter in a process, and a file in the memory layer: both live
 	// only in the VM's memory.
@@ -193,6 +197,97 @@ func TestStandbyResume(t *testing.T) {
 		t.Errorf("after resume the counter is %d, below the %d it had at standby", n, saved)
 	}
 	waitFor(t, 20*time.Second, "the counter does not go on after resume", func() bool { return count() > saved+3 })
+}
+
+// TestHotStandby stands an instance by with its VMM kept paused: a resume
+// continues that VMM, memory and all. A stop, a daemon's crash or the end of
+// the hot time ends the VMM instead, and the instance resumes from its save.
+func TestHotStandby(t *testing.T) {
+	e := newEnv(t)
+	e.stopDaemon()
+	e.extra = []string{"--hot-standby", "20s"}
+	e.startDaemon()
+	e.load(testenv.BusyboxImage(t), busybox)
+	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
+		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
+	count := func() int {
+		r := e.run("exec", "c", "cat", "/tmp/count")
+		n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+		return n
+	}
+	waitFor(t, 20*time.Second, "the counter never passed 3", func() bool { return count() > 3 })
+	saves := filepath.Join(e.root, "instances", "*", "standby.state*")
+	// standBy stands c by and returns its paused VMM's pid.
+	standBy := func(what string) (pid, saved int) {
+		t.Helper()
+		saved = count()
+		e.must("standby", "c")
+		in, _ := e.inspect("c")
+		if in.State != api.StateStandby || !alive(in.PID) {
+			t.Fatalf("%s: after standby state %q, VMM %d alive %v; want standby and the VMM paused", what, in.State, in.PID, alive(in.PID))
+		}
+		if ents, _ := filepath.Glob(saves); len(ents) != 1 {
+			t.Errorf("%s: standing by, the saves are %v; want one", what, ents)
+		}
+		return in.PID, saved
+	}
+	// resumed checks that c runs again with its memory, in the VMM
+	// samePID unless that is 0.
+	resumed := func(what string, saved, samePID int) {
+		t.Helper()
+		e.must("resume", "c")
+		in, _ := e.inspect("c")
+		if in.State != api.StateRunning || in.StartMode != api.StartResume {
+			t.Errorf("%s: after resume state %q mode %q, want running and resume", what, in.State, in.StartMode)
+		}
+		if samePID != 0 && in.PID != samePID {
+			t.Errorf("%s: resumed in VMM %d, want the paused %d continued", what, in.PID, samePID)
+		}
+		if r := e.must("exec", "c", "cat", "/tmp/note"); r.stdout != "kept\n" {
+			t.Errorf("%s: after resume the memory layer holds %q, want kept", what, r.stdout)
+		}
+		if n := count(); n < saved {
+			t.Errorf("%s: after resume the counter is %d, below the %d it had at standby", what, n, saved)
+		}
+		waitFor(t, 10*time.Second, what+": the stale save to go", func() bool {
+			ents, _ := filepath.Glob(saves)
+			return len(ents) == 0
+		})
+	}
+
+	pid, saved := standBy("hot")
+	e.fails(125, []string{"exec", "c", "true"}, "not running")
+	e.fails(125, []string{"kill", "c"}, "not running")
+	resumed("hot", saved, pid)
+
+	// A stop ends the paused VMM; the instance stands by from its save.
+	pid, saved = standBy("stop")
+	e.must("stop", "c")
+	if in, _ := e.inspect("c"); in.State != api.StateStandby || alive(pid) {
+		t.Errorf("after stop: state %q, VMM %d alive %v; want standby and no VMM", in.State, pid, alive(pid))
+	}
+	resumed("stop", saved, 0)
+
+	// A daemon killed while the VMM is paused: the next one ends that VMM.
+	pid, saved = standBy("crash")
+	e.killDaemon()
+	e.startDaemon()
+	if in, _ := e.inspect("c"); in.State != api.StateStandby {
+		t.Errorf("after a daemon crash: state %q, want standby", in.State)
+	}
+	waitFor(t, 10*time.Second, "the orphaned paused VMM to be ended", func() bool { return !alive(pid) })
+	resumed("crash", saved, 0)
+
+	// The hot time ends the VMM by itself.
+	e.stopDaemon()
+	e.extra = []string{"--hot-standby", "1s"}
+	e.startDaemon()
+	pid, saved = standBy("expiry")
+	waitFor(t, 15*time.Second, "the paused VMM to end after the hot time", func() bool { return !alive(pid) })
+	if in, _ := e.inspect("c"); in.State != api.StateStandby {
+		t.Errorf("after the hot time: state %q, want standby", in.State)
+	}
+	resumed("expiry", saved, 0)
 }
 
 // TestFork clones a running instance: each clone goes on from the parent's
@@ -281,6 +376,9 @@ func TestFork(t *testing.T) {
 // memory.
 func TestDaemonKilledDuringStandby(t *testing.T) {
 	e := newEnv(t)
+	e.stopDaemon()
+	e.extra = []string{"--hot-standby", "0"}
+	e.startDaemon()
 	e.load(testenv.BusyboxImage(t), busybox)
 	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
 		`echo kept > /tmp/note; while true; do sleep 1; done`)

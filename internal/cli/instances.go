@@ -424,7 +424,7 @@ func (a *app) stopCommand() *cobra.Command {
 func (a *app) standbyCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "standby NAME...",
-		Short: "Save running instances, memory and devices, and end their VMs until resume",
+		Short: "Save running instances, memory and devices, and pause their VMs until resume (flickd ends them after --hot-standby)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return a.forEach(args, true, func(c *api.Client, n string) error {

@@ -39,6 +39,9 @@ type RunConfig struct {
 	PoolSnapshots int
 	// BootSlots is how many VMs may start at once; 0 means twice the CPUs.
 	BootSlots int
+	// HotStandby is how long a standby keeps its VMM paused (its memory
+	// held) so that a resume continues it; 0 ends it at once.
+	HotStandby time.Duration
 	// NoNetwork runs every instance with loopback only, and makes no
 	// bridge, rule or DNS server.
 	NoNetwork bool
@@ -119,6 +122,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		SnapshotTag:   qv + " " + cfg.TCGCPU,
 		PoolSize:      cfg.PoolSize,
 		PoolSnapshots: cfg.PoolSnapshots,
+		HotStandby:    cfg.HotStandby,
 		BootSlots:     cfg.BootSlots,
 	})
 	if err != nil {

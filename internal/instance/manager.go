@@ -83,6 +83,12 @@ type Config struct {
 	// BootSlots is how many VMs may be starting at once (zygotes being
 	// made included); further starts queue. Default twice the CPUs.
 	BootSlots int
+	// HotStandby is how long a standby keeps its VMM, paused, after the
+	// save: a resume within it continues the same VM (no restore, and
+	// under TCG its translated code is still there) instead of loading
+	// the save. The VM's memory is held meanwhile; 0 ends the VMM at
+	// once, so that a standby costs no RAM.
+	HotStandby time.Duration
 
 	BootTimeout   time.Duration // default 30 s
 	DataSizeMiB   int           // size of each writable layer, default 2048

@@ -41,6 +41,10 @@ type running struct {
 	killed   bool        // the host ended the VMM itself
 	standby  bool        // the host ended the VMM after saving it
 	detached bool        // the daemon is going away; the VM goes on
+	// hot is set while a standby keeps the VMM paused (hot.go), until
+	// hotTimer ends it.
+	hot      bool
+	hotTimer *time.Timer
 
 	exitOnce sync.Once
 	exited   chan struct{} // closed when exit is set
@@ -169,6 +173,18 @@ func (m *Manager) Start(ctx context.Context, ref string) (api.Instance, error) {
 }
 
 func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, error) {
+	in.mu.Lock()
+	hot := in.run
+	standby := in.rec.State == api.StateStandby
+	in.mu.Unlock()
+	if hot != nil && standby {
+		if hot.takeHot() {
+			return m.resumeHot(ctx, in, hot)
+		}
+		// Its time is up and its VMM is being ended: resume from the
+		// save once the instance stands by without it.
+		<-hot.finished
+	}
 	t0 := time.Now()
 	in.mu.Lock()
 	if in.rec.active() {
@@ -479,7 +495,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	switch {
 	case b.resume != "":
 		in.rec.StartMode = api.StartResume
-		_ = os.Remove(b.resume)
+		m.discardSave(in)
 	case b.clone != nil:
 		in.rec.StartMode = api.StartFork
 	case b.restore != nil:
@@ -559,6 +575,7 @@ func (m *Manager) finish(in *inst, r *running, logs *logWriter) {
 		case <-time.After(time.Second):
 		}
 	}
+	r.stopHot()
 	r.closeChannels()
 	logs.close()
 	r.mu.Lock()
@@ -642,7 +659,8 @@ func (m *Manager) reattach(ctx context.Context, in *inst) {
 		_ = os.RemoveAll(rec.RunDir)
 	}
 	standby := in.standbyPath()
-	_ = os.Remove(standby + ".tmp") // a save the last daemon did not finish
+	_ = os.Remove(standby + ".tmp")   // a save the last daemon did not finish
+	_ = os.Remove(standby + ".stale") // a save a resume had done with
 	saved := fileExists(standby)
 	if rec.Handle == nil || rec.State == api.StateStarting {
 		// Its boot sequence died with the last daemon; a VMM that is
@@ -735,6 +753,15 @@ func (m *Manager) stopLocked(ctx context.Context, in *inst, timeout time.Duratio
 		in.mu.Unlock()
 		return m.view(in), nil
 	}
+	if r.isHot() {
+		// Standing by with its VMM paused: ending the VMM is all a stop
+		// does; the instance stands by from its save.
+		in.mu.Unlock()
+		if r.endHot() {
+			<-r.finished
+		}
+		return m.view(in), nil
+	}
 	if timeout < 0 {
 		timeout = time.Duration(in.rec.Config.StopTimeout) * time.Second
 	}
@@ -789,9 +816,9 @@ func (m *Manager) Kill(ctx context.Context, ref string, sigName string) (api.Ins
 	}
 	in.mu.Lock()
 	r := in.run
-	name := in.rec.Name
+	name, state := in.rec.Name, in.rec.State
 	in.mu.Unlock()
-	if r == nil {
+	if r == nil || state == api.StateStandby {
 		return api.Instance{}, errdefs.Conflict("instance %s is not running", name)
 	}
 	if err := r.signal(sig); err != nil {
@@ -1159,7 +1186,8 @@ func fileExists(path string) bool {
 
 // Standby saves a running instance's VM, memory and devices, into its
 // directory and ends the VMM: the instance stands by with no CPU and no RAM
-// until it is resumed (Resume, or Start). If the save fails (a full disk)
+// until it is resumed (Resume, or Start). With Config.HotStandby the VMM
+// stays, paused, that long first (hot.go). If the save fails (a full disk)
 // the instance goes on running.
 func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error) {
 	in, err := m.lookup(ref)
@@ -1201,6 +1229,10 @@ func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error)
 		return m.view(in), fmt.Errorf("standby %s: %w (it goes on running)", name, err)
 	}
 	failpoint.Hit("standby-saved")
+	if d := m.cfg.HotStandby; d > 0 {
+		m.standByHot(in, r, d)
+		return m.view(in), nil
+	}
 	r.mu.Lock()
 	r.standby = true
 	r.mu.Unlock()
