@@ -262,12 +262,9 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	if err != nil {
 		return fail(fmt.Errorf("root disk of %s: %w", rec.Image, err))
 	}
+	// The writable layer's disk is made below, unless a zygote (which
+	// brings its own) starts the instance.
 	dataDisk := filepath.Join(rec.Dir, "data.ext4")
-	if _, err := os.Stat(dataDisk); errors.Is(err, os.ErrNotExist) {
-		if err := fsutil.CopySparse(m.template, dataDisk, false); err != nil {
-			return fail(fmt.Errorf("writable layer: %w", err))
-		}
-	}
 	args, err := guestArgs(img.Config, rec.Config)
 	if err != nil {
 		return fail(err)
@@ -369,6 +366,13 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		b.restore, b.snapKey, b.zygote, b.resume, b.clone = restore, "", zyg, resume, clone
 		if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 			return fail(err)
+		}
+		if zyg == nil {
+			if _, err := os.Stat(dataDisk); errors.Is(err, os.ErrNotExist) {
+				if err := fsutil.CopySparse(m.template, dataDisk, false); err != nil {
+					return fail(fmt.Errorf("writable layer: %w", err))
+				}
+			}
 		}
 		switch {
 		case clone != nil:
