@@ -368,11 +368,16 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			return fail(err)
 		}
 		if zyg == nil {
+			// Counted in the disk phase, not in the next one.
+			td := time.Now()
 			if _, err := os.Stat(dataDisk); errors.Is(err, os.ErrNotExist) {
 				if err := fsutil.CopySparse(m.template, dataDisk, false); err != nil {
 					return fail(fmt.Errorf("writable layer: %w", err))
 				}
 			}
+			took := time.Since(td)
+			phases[api.PhaseDisk] += ms(took)
+			t = t.Add(took)
 		}
 		switch {
 		case clone != nil:
