@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flick-vm/flick/api"
@@ -18,8 +20,10 @@ import (
 // where loading the save costs a VMM spawn and a restore, and under TCG
 // a guest whose translated code is gone (hundreds of milliseconds before
 // its first reply). The record says standby either way; only the memory
-// held differs. A daemon that restarts finds the paused VMM unowned and
-// ends it (killOrphans): the instance stands by from its save.
+// held differs, and while the host has less than an eighth of its memory
+// available a standby ends the VMM at once. A daemon that restarts finds
+// the paused VMM unowned and ends it (killOrphans): the instance stands by
+// from its save.
 
 // holdHot keeps r's paused VMM for d, then ends it.
 func (r *running) holdHot(d time.Duration) {
@@ -178,4 +182,39 @@ func (m *Manager) discardSave(in *inst) {
 			m.log.Warn("remove the standby save", "vm", in.rec.ID, "err", err)
 		}
 	}()
+}
+
+// memoryToSpare tells whether the host can keep a paused VMM's memory: at
+// least an eighth of its memory is still available (MemAvailable of
+// /proc/meminfo, which counts the paused VMM's as used already). Without
+// the file it says yes.
+func memoryToSpare() bool {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return true
+	}
+	total, avail, ok := parseMeminfo(b)
+	return !ok || avail >= total/8
+}
+
+// parseMeminfo returns MemTotal and MemAvailable of a /proc/meminfo, in kB.
+func parseMeminfo(b []byte) (total, avail int64, ok bool) {
+	var haveTotal, haveAvail bool
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		v, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch f[0] {
+		case "MemTotal:":
+			total, haveTotal = v, true
+		case "MemAvailable:":
+			avail, haveAvail = v, true
+		}
+	}
+	return total, avail, haveTotal && haveAvail
 }

@@ -1239,8 +1239,11 @@ func (m *Manager) Standby(ctx context.Context, ref string) (api.Instance, error)
 	}
 	failpoint.Hit("standby-saved")
 	if d := m.cfg.HotStandby; d > 0 {
-		m.standByHot(in, r, d)
-		return m.view(in), nil
+		if memoryToSpare() {
+			m.standByHot(in, r, d)
+			return m.view(in), nil
+		}
+		m.log.Info("host memory is short: the standby ends its VMM at once", "vm", in.rec.ID)
 	}
 	r.mu.Lock()
 	r.standby = true
