@@ -131,8 +131,8 @@ func agentMain() {
 		logf("agent: %v", err)
 		os.Exit(1)
 	}
-	var cfg wire.Config
-	if err := json.Unmarshal(b, &cfg); err != nil {
+	cfg, err := wire.DecodeConfig(b)
+	if err != nil {
 		logf("agent: config: %v", err)
 		os.Exit(1)
 	}

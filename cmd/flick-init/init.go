@@ -37,7 +37,7 @@ func run(start int64) {
 	// A boot to snapshot says hello only once it has done all that every
 	// start of its image shares.
 	<-saveable
-	if err := p.sendJSON(wire.TypeHello, wire.Hello{BootNS: start}); err != nil {
+	if err := p.send(wire.TypeHello, wire.AppendHello(nil, wire.Hello{BootNS: start})); err != nil {
 		logf("hello: %v", err)
 	}
 	go p.readLoop(forwardSignal)

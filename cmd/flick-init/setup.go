@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -41,7 +40,7 @@ func readConfig() (wire.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	if err := json.Unmarshal(raw, &cfg); err != nil {
+	if cfg, err = wire.DecodeConfig(raw); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
 	if cfg.AwaitConfig {
