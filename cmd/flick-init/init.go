@@ -41,7 +41,7 @@ func run(start int64) {
 		logf("hello: %v", err)
 	}
 	go p.readLoop(forwardSignal)
-	logf("hello after %d.%03d ms", start/1e6, start%1e6/1e3)
+	logLine("hello after " + msString(start) + " ms")
 
 	code, sig, err := runApp(p, <-prepared)
 	var ee *execError

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"time"
 )
 
@@ -28,4 +29,17 @@ func poll(what string, timeout time.Duration, ready func() (bool, error)) error 
 		}
 		time.Sleep(pollInterval)
 	}
+}
+
+// dirNames lists a directory, unsorted; nil when it cannot. filepath.Glob
+// would sort and match every name too: under TCG its first use costs
+// several milliseconds of a boot more.
+func dirNames(dir string) []string {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	return names
 }

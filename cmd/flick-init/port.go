@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -33,11 +32,10 @@ type port struct {
 func findPort(name string, timeout time.Duration) (string, error) {
 	var dev string
 	err := poll("find port "+name, timeout, func() (bool, error) {
-		names, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
-		for _, n := range names {
-			b, err := os.ReadFile(n)
+		for _, port := range dirNames("/sys/class/virtio-ports") {
+			b, err := os.ReadFile("/sys/class/virtio-ports/" + port + "/name")
 			if err == nil && strings.TrimSpace(string(b)) == name {
-				dev = "/dev/" + filepath.Base(filepath.Dir(n))
+				dev = "/dev/" + port
 				_, err := os.Stat(dev)
 				return err == nil, nil
 			}

@@ -7,7 +7,6 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 	"unsafe"
@@ -113,13 +112,15 @@ func checkConfig(cfg wire.Config) error {
 func findDisks(serials ...string) (map[string]string, error) {
 	found := make(map[string]string, len(serials))
 	err := poll("disks "+strings.Join(serials, ", "), deviceTimeout, func() (bool, error) {
-		paths, _ := filepath.Glob("/sys/block/vd*/serial")
-		for _, p := range paths {
-			b, err := os.ReadFile(p)
+		for _, blk := range dirNames("/sys/block") {
+			if !strings.HasPrefix(blk, "vd") {
+				continue
+			}
+			b, err := os.ReadFile("/sys/block/" + blk + "/serial")
 			if err != nil {
 				continue
 			}
-			dev := "/dev/" + filepath.Base(filepath.Dir(p))
+			dev := "/dev/" + blk
 			if _, err := os.Stat(dev); err == nil {
 				found[strings.TrimSpace(string(b))] = dev
 			}
