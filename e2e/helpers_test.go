@@ -227,6 +227,13 @@ func (e *env) killDaemon() {
 }
 
 // stopDaemon asks flickd to exit (SIGTERM), and kills it after 15s.
+// restartWith restarts flickd with these flags added to its usual ones.
+func (e *env) restartWith(flags ...string) {
+	e.stopDaemon()
+	e.extra = flags
+	e.startDaemon()
+}
+
 func (e *env) stopDaemon() {
 	if e.cmd == nil {
 		return

@@ -410,9 +410,7 @@ func TestNetworks(t *testing.T) {
 		})}
 		go srv.ActivateAndServe()
 		defer srv.Shutdown()
-		e.stopDaemon()
-		e.extra = []string{"--dns", pc.LocalAddr().String()}
-		e.startDaemon()
+		e.restartWith("--dns", pc.LocalAddr().String())
 		r := e.must("run", "--rm", "--network", "team-a", probe, "lookup", "outside.test")
 		if r.stdout != "203.0.113.7\n" {
 			t.Errorf("lookup outside.test through the network's resolver: %q", r.stdout)
@@ -461,9 +459,7 @@ func TestWakeOnRequest(t *testing.T) {
 func testWakeOnRequest(t *testing.T, hot bool) {
 	e := newEnv(t)
 	if !hot {
-		e.stopDaemon()
-		e.extra = []string{"--hot-standby", "0"}
-		e.startDaemon()
+		e.restartWith("--hot-standby", "0")
 	}
 	e.load(testenv.ScratchGoImage(t, probeSource), probe)
 	client := e.addPeer("c", "192.0.2.1/24", "192.0.2.2/24")

@@ -139,23 +139,33 @@ func (e *env) logged(pattern string) bool {
 	return err == nil && regexp.MustCompile(pattern).Match(b)
 }
 
+// runCounter runs an instance of busybox, its writable layer in layer,
+// that keeps a note in /tmp and counts in a process five times a second:
+// with the layer in memory both live only in the VM's memory. It returns a
+// reader of the count once that has passed 3.
+func (e *env) runCounter(t *testing.T, name, layer string) func() int {
+	t.Helper()
+	e.must("run", "-d", "--layer", layer, "--name", name, busybox, "sh", "-c",
+		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
+	count := func() int { return e.counter(name) }
+	waitFor(t, 20*time.Second, "the counter of "+name+" to pass 3", func() bool { return count() > 3 })
+	return count
+}
+
+// counter reads the count of an instance runCounter started; 0 when it
+// cannot.
+func (e *env) counter(name string) int {
+	r := e.run("exec", name, "cat", "/tmp/count")
+	n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
+	return n
+}
+
 func TestStandbyResume(t *testing.T) {
 	e := newEnv(t)
 	// The standby that ends its VMM at once (TestHotStandby keeps it).
-	e.stopDaemon()
-	e.extra = []string{"--hot-standby", "0"}
-	e.startDaemon()
+	e.restartWith("--hot-standby", "0")
 	e.load(testenv.BusyboxImage(t), busybox)
-	// A counter in a process, and a file in the memory layer: both live
-	// only in the VM's memory.
-	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
-		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
-	count := func() int {
-		r := e.run("exec", "c", "cat", "/tmp/count")
-		n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
-		return n
-	}
-	waitFor(t, 20*time.Second, "the counter never passed 3", func() bool { return count() > 3 })
+	count := e.runCounter(t, "c", "memory")
 	before, _ := e.inspect("c")
 	saved := count()
 	e.must("standby", "c")
@@ -204,18 +214,9 @@ func TestStandbyResume(t *testing.T) {
 // the hot time ends the VMM instead, and the instance resumes from its save.
 func TestHotStandby(t *testing.T) {
 	e := newEnv(t)
-	e.stopDaemon()
-	e.extra = []string{"--hot-standby", "20s"}
-	e.startDaemon()
+	e.restartWith("--hot-standby", "20s")
 	e.load(testenv.BusyboxImage(t), busybox)
-	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
-		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
-	count := func() int {
-		r := e.run("exec", "c", "cat", "/tmp/count")
-		n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
-		return n
-	}
-	waitFor(t, 20*time.Second, "the counter never passed 3", func() bool { return count() > 3 })
+	count := e.runCounter(t, "c", "memory")
 	saves := filepath.Join(e.root, "instances", "*", "standby.state*")
 	// standBy stands c by and returns its paused VMM's pid.
 	standBy := func(what string) (pid, saved int) {
@@ -279,9 +280,7 @@ func TestHotStandby(t *testing.T) {
 	resumed("crash", saved, 0)
 
 	// The hot time ends the VMM by itself.
-	e.stopDaemon()
-	e.extra = []string{"--hot-standby", "1s"}
-	e.startDaemon()
+	e.restartWith("--hot-standby", "1s")
 	pid, saved = standBy("expiry")
 	waitFor(t, 15*time.Second, "the paused VMM to end after the hot time", func() bool { return !alive(pid) })
 	if in, _ := e.inspect("c"); in.State != api.StateStandby {
@@ -300,14 +299,8 @@ func TestFork(t *testing.T) {
 		t.Run(layer, func(t *testing.T) {
 			e := e.sub(t)
 			p := "p" + layer
-			e.must("run", "-d", "--layer", layer, "--name", p, busybox, "sh", "-c",
-				`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
-			count := func(name string) int {
-				r := e.run("exec", name, "cat", "/tmp/count")
-				n, _ := strconv.Atoi(strings.TrimSpace(r.stdout))
-				return n
-			}
-			waitFor(t, 20*time.Second, "the counter to pass 3", func() bool { return count(p) > 3 })
+			e.runCounter(t, p, layer)
+			count := e.counter
 			r := e.must("fork", "-n", "2", p)
 			for _, c := range []string{p + "-1", p + "-2"} {
 				if !strings.Contains(r.stdout, c+"\t10.77.") {
@@ -376,9 +369,7 @@ func TestFork(t *testing.T) {
 // memory.
 func TestDaemonKilledDuringStandby(t *testing.T) {
 	e := newEnv(t)
-	e.stopDaemon()
-	e.extra = []string{"--hot-standby", "0"}
-	e.startDaemon()
+	e.restartWith("--hot-standby", "0")
 	e.load(testenv.BusyboxImage(t), busybox)
 	e.must("run", "-d", "--layer", "memory", "--name", "c", busybox, "sh", "-c",
 		`echo kept > /tmp/note; while true; do sleep 1; done`)
@@ -561,9 +552,7 @@ func TestSnapshotKey(t *testing.T) {
 // flick.pool=0.
 func TestPoolPolicy(t *testing.T) {
 	e := newEnv(t)
-	e.stopDaemon()
-	e.extra = []string{"--pool-images", "1", "--log-level", "debug"}
-	e.startDaemon()
+	e.restartWith("--pool-images", "1", "--log-level", "debug")
 	e.load(testenv.BusyboxImage(t), busybox)
 	bb := testenv.BusyboxImage(t)
 	nopool, err := mutate.Config(bb, withLabel(t, bb, api.PoolLabel, "0"))
