@@ -12,8 +12,8 @@ import (
 // every restore the same pool), hostname, machine-id and address. The app
 // goes on running; processes that read any of these before keep what they
 // read.
-func becomeClone(p *port, id wire.Identity) {
-	applyHostState(wire.Config{TimeNS: id.TimeNS, Seed: id.Seed})
+func becomeClone(p *port, id wire.Identity, recv int64) {
+	applyHostState(wire.Config{TimeNS: id.TimeNS, Seed: id.Seed}, recv)
 	var errs []error
 	root, err := openRootDir(newRoot)
 	if err != nil {

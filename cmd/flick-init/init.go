@@ -118,9 +118,10 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		}
 		ready()
 		layer := cfg.WritableLayer
-		cfg = <-hostConfig
+		m := <-hostConfig
+		cfg = m.msg
 		startLink()
-		applyHostState(cfg)
+		applyHostState(cfg, m.recv)
 		if err := checkConfig(cfg); err != nil {
 			return cfg, nil, err
 		}

@@ -94,6 +94,7 @@ func (p *port) event(e wire.Event) {
 func (p *port) readLoop(signal func(int)) {
 	for {
 		f, err := wire.ReadFrame(p.f)
+		recv := bootNS()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 				logf("read port: %v", err)
@@ -113,7 +114,7 @@ func (p *port) readLoop(signal func(int)) {
 			}
 		case wire.TypeClock:
 			if c, err := wire.DecodeClock(f.Payload); err == nil {
-				applyHostState(wire.Config{TimeNS: c.TimeNS})
+				applyHostState(wire.Config{TimeNS: c.TimeNS}, recv)
 			} else {
 				logf("clock frame: %v", err)
 			}
@@ -125,14 +126,14 @@ func (p *port) readLoop(signal func(int)) {
 				logf("clone frame: %v", err)
 				continue
 			}
-			go becomeClone(p, id)
+			go becomeClone(p, id, recv)
 		case wire.TypeRehearse:
 			cfg, err := wire.DecodeConfig(f.Payload)
 			if err != nil {
 				logf("rehearse frame: %v", err)
 				continue
 			}
-			go rehearse(p, cfg)
+			go rehearse(p, cfg, recv)
 		case wire.TypeConfig:
 			cfg, err := wire.DecodeConfig(f.Payload)
 			if err != nil {
@@ -140,7 +141,7 @@ func (p *port) readLoop(signal func(int)) {
 				continue
 			}
 			select {
-			case hostConfig <- cfg:
+			case hostConfig <- hostMessage[wire.Config]{cfg, recv}:
 			default:
 				logf("a second config frame; ignored")
 			}

@@ -39,9 +39,9 @@ const rehearsalArg0 = "flick-rehearsal"
 // restored VM has no translated code under TCG, so that the start that
 // claims it finds these paths translated. Whatever it changes, the real
 // config sets again.
-func rehearse(p *port, cfg wire.Config) {
+func rehearse(p *port, cfg wire.Config, recv int64) {
 	t0 := time.Now()
-	applyHostState(cfg)
+	applyHostState(cfg, recv)
 	if root, err := openRootDir(newRoot); err == nil {
 		if err := setHostname(root, cfg.Hostname, cfg.Net); err != nil {
 			logf("rehearse: %v", err)

@@ -51,14 +51,25 @@ func readConfig() (wire.Config, error) {
 }
 
 // hostConfig receives the Config of a TypeConfig frame.
-var hostConfig = make(chan wire.Config, 1)
+var hostConfig = make(chan hostMessage[wire.Config], 1)
+
+// hostMessage is a message from the host with the guest's boot clock
+// (bootNS) when its frame was read.
+type hostMessage[T any] struct {
+	msg  T
+	recv int64
+}
 
 // applyHostState sets the clock and reseeds the RNG from a Config sent to a
 // guest that may be a restored snapshot: both would otherwise be the
 // snapshot's.
-func applyHostState(cfg wire.Config) {
+//
+// The host's clock was read before it sent the frame, which came in at
+// recv (bootNS); the time spent since, decoding and setting up in code
+// that may be running for the first time, is added to it.
+func applyHostState(cfg wire.Config, recv int64) {
 	if cfg.TimeNS > 0 {
-		ts := unix.NsecToTimespec(cfg.TimeNS)
+		ts := unix.NsecToTimespec(cfg.TimeNS + max(0, bootNS()-recv))
 		if err := unix.ClockSettime(unix.CLOCK_REALTIME, &ts); err != nil {
 			logf("set clock: %v", err)
 		}
