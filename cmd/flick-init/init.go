@@ -116,11 +116,6 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		if err := loopbackUp(); err != nil {
 			logf("%v", err)
 		}
-		// Up before the save: bringing a virtio-net link up (its receive
-		// ring, NAPI) is dear in a restored guest's untranslated code.
-		if err := nicUp(); err != nil {
-			logf("%v", err)
-		}
 		ready()
 		layer := cfg.WritableLayer
 		m := <-hostConfig

@@ -110,33 +110,6 @@ func writeResolvConf(root rootDir, n *wire.Net) error {
 	return nil
 }
 
-// nicUp brings the VM's network interface up, with no address, when it
-// has one: a boot snapshot is taken so, and a start restored from it only
-// sets the address, the MAC and the route.
-func nicUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	defer unix.Close(fd)
-	const ifname = "eth0"
-	if !ifExists(fd, ifname) {
-		return nil
-	}
-	ifr, err := unix.NewIfreq(ifname)
-	if err != nil {
-		return fmt.Errorf("network: %w", err)
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("network: %s flags: %w", ifname, err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return fmt.Errorf("network: %s up: %w", ifname, err)
-	}
-	return nil
-}
-
 // ifExists says whether the interface name is there.
 func ifExists(fd int, name string) bool {
 	ifr, err := unix.NewIfreq(name)
