@@ -119,7 +119,7 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		ready()
 		layer := cfg.WritableLayer
 		m := <-hostConfig
-		cfg = m.msg
+		cfg = m.cfg
 		startLink()
 		applyHostState(cfg, m.recv)
 		if err := checkConfig(cfg); err != nil {

@@ -141,7 +141,7 @@ func (p *port) readLoop(signal func(int)) {
 				continue
 			}
 			select {
-			case hostConfig <- hostMessage[wire.Config]{cfg, recv}:
+			case hostConfig <- receivedConfig{cfg, recv}:
 			default:
 				logf("a second config frame; ignored")
 			}

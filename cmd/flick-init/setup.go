@@ -51,12 +51,12 @@ func readConfig() (wire.Config, error) {
 }
 
 // hostConfig receives the Config of a TypeConfig frame.
-var hostConfig = make(chan hostMessage[wire.Config], 1)
+var hostConfig = make(chan receivedConfig, 1)
 
-// hostMessage is a message from the host with the guest's boot clock
+// receivedConfig is a Config from the host with the guest's boot clock
 // (bootNS) when its frame was read.
-type hostMessage[T any] struct {
-	msg  T
+type receivedConfig struct {
+	cfg  wire.Config
 	recv int64
 }
 

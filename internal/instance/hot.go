@@ -10,7 +10,6 @@ import (
 
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/guest/wire"
-	"github.com/flick-vm/flick/internal/network"
 )
 
 // Hot standby. A standby saves the VM to its directory; that save is what
@@ -122,10 +121,7 @@ func (m *Manager) resumeHot(ctx context.Context, in *inst, r *running) (api.Inst
 	if m.cfg.Networks != nil && netName != api.NetworkNone {
 		// The VMM kept its TAP on the bridge: only the published ports
 		// come back.
-		if _, err := m.cfg.Networks.Attach(ctx, network.AttachRequest{
-			ID: rec.ID, Name: rec.Name, Network: netName, Ports: rec.Config.Ports, PrevIP: rec.LastIP,
-			ProxyOnly: rec.Config.IdleStandby > 0,
-		}); err != nil {
+		if _, err := m.cfg.Networks.Attach(ctx, rec.attachRequest()); err != nil {
 			return fallBack(err)
 		}
 		now := time.Now()

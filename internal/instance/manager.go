@@ -125,6 +125,16 @@ type record struct {
 	LastIP string `json:"last_ip,omitempty"`
 }
 
+// attachRequest is what a start of r asks of the network manager: its
+// network, published ports and last address; proxies only, for an
+// instance that stands by when idle.
+func (r *record) attachRequest() network.AttachRequest {
+	return network.AttachRequest{
+		ID: r.ID, Name: r.Name, Network: firstNonEmpty(r.Config.Network, api.NetworkDefault),
+		Ports: r.Config.Ports, PrevIP: r.LastIP, ProxyOnly: r.Config.IdleStandby > 0,
+	}
+}
+
 func (r *record) active() bool {
 	switch r.State {
 	case api.StateStarting, api.StateRunning, api.StateStopping:

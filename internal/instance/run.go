@@ -21,7 +21,6 @@ import (
 	"github.com/flick-vm/flick/internal/failpoint"
 	"github.com/flick-vm/flick/internal/fsutil"
 	"github.com/flick-vm/flick/internal/guest/wire"
-	"github.com/flick-vm/flick/internal/network"
 	"github.com/flick-vm/flick/internal/vmm"
 )
 
@@ -323,10 +322,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		}
 	}()
 	if useNet {
-		att, err := m.cfg.Networks.Attach(ctx, network.AttachRequest{
-			ID: rec.ID, Name: rec.Name, Network: netName, Ports: rec.Config.Ports, PrevIP: rec.LastIP,
-			ProxyOnly: rec.Config.IdleStandby > 0,
-		})
+		att, err := m.cfg.Networks.Attach(ctx, rec.attachRequest())
 		if err != nil {
 			return fail(err)
 		}
