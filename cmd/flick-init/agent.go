@@ -106,7 +106,7 @@ func writeAgentConfig(cfg wire.Config) error {
 func spawnAgent() (<-chan unix.WaitStatus, error) {
 	kids.mu.Lock()
 	defer kids.mu.Unlock()
-	pid, err := syscall.ForkExec("/init", []string{agentArg0}, &syscall.ProcAttr{
+	pid, err := forkExec("/init", []string{agentArg0}, &syscall.ProcAttr{
 		Env:   []string{"PATH=" + defaultPath},
 		Files: []uintptr{uintptr(unix.Stdin), uintptr(unix.Stderr), uintptr(unix.Stderr)},
 		Sys:   &syscall.SysProcAttr{Setsid: true},
@@ -126,6 +126,7 @@ type agent struct {
 
 // agentMain is the agent process's whole life.
 func agentMain() {
+	setSlack()
 	b, err := os.ReadFile(wire.AgentConfigPath)
 	if err != nil {
 		logf("agent: %v", err)

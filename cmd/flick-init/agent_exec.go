@@ -145,7 +145,7 @@ func startProc(l *launch, spec *wire.ExecSpec, fw *frameWriter) (*proc, error) {
 		}
 		stdio[1], stdio[2] = files[len(files)-2], files[len(files)-1]
 	}
-	pid, err := syscall.ForkExec(l.argv0, l.args, &syscall.ProcAttr{
+	pid, err := forkExec(l.argv0, l.args, &syscall.ProcAttr{
 		Dir:   l.dir,
 		Env:   env,
 		Files: []uintptr{stdio[0].Fd(), stdio[1].Fd(), stdio[2].Fd()},

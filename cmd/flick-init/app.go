@@ -161,7 +161,7 @@ func startApp(p *port, l *launch) (*app, error) {
 
 	appMu.Lock()
 	kids.mu.Lock()
-	pid, err := syscall.ForkExec(l.argv0, l.args, &syscall.ProcAttr{
+	pid, err := forkExec(l.argv0, l.args, &syscall.ProcAttr{
 		Dir:   l.dir,
 		Env:   l.env,
 		Files: []uintptr{null.Fd(), outW.Fd(), errW.Fd()},

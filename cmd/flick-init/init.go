@@ -17,6 +17,7 @@ const portTimeout = 10 * time.Second
 func run(start int64) {
 	mountAll(earlyMounts)
 	mounted = nil // /dev, /proc and /sys stay to the end
+	setSlack()
 
 	// The virtio-serial port shows up some 30 ms after init starts, when
 	// QEMU has answered the console driver: the app's root is prepared
