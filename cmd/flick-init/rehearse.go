@@ -42,6 +42,7 @@ const rehearsalArg0 = "flick-rehearsal"
 func rehearse(p *port, cfg wire.Config, recv int64) {
 	t0 := time.Now()
 	applyHostState(cfg, recv)
+	var app *launch
 	if root, err := openRootDir(newRoot); err == nil {
 		if err := setHostname(root, cfg.Hostname, cfg.Net); err != nil {
 			logf("rehearse: %v", err)
@@ -65,17 +66,35 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 		if len(cfg.Args) > 0 {
 			if l, err := planApp(root, cfg); err == nil {
 				prefetch(root, l.argv0)
+				app = l
 			}
 		}
 		unix.Close(root.fd)
 	}
 	// The start's own way to a process: /dev/null, two pipes and their
-	// pumps (the host ignores what comes before the rehearsal's end).
-	a, err := startApp(p, &launch{argv0: "/init", args: []string{rehearsalArg0}, env: []string{"PATH=" + defaultPath}, dir: "/"})
-	if err == nil {
-		a.wait()
-	} else {
-		logf("rehearse: %v", err)
+	// pumps (the host ignores what comes before the rehearsal's end), and
+	// the app's root and user: its chroot and the calls that drop to its
+	// credential were a tenth of the code a zygote start ran for the
+	// first time. The process is flick-init itself, which
+	// /proc/self/exe reaches from inside the app's root, and it exits at
+	// once.
+	rehearsal := &launch{argv0: "/init", args: []string{rehearsalArg0}, env: []string{"PATH=" + defaultPath}, dir: "/"}
+	if app != nil {
+		inRoot := *rehearsal
+		inRoot.argv0, inRoot.chroot, inRoot.cred = "/proc/self/exe", app.chroot, app.cred
+		if a, err := startApp(p, &inRoot); err == nil {
+			a.wait()
+			rehearsal = nil
+		} else {
+			logf("rehearse: as the app: %v", err)
+		}
+	}
+	if rehearsal != nil {
+		if a, err := startApp(p, rehearsal); err == nil {
+			a.wait()
+		} else {
+			logf("rehearse: %v", err)
+		}
 	}
 	p.event(wire.Event{Kind: wire.EventRehearsed, Message: time.Since(t0).String()})
 }
