@@ -74,10 +74,10 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 	// The start's own way to a process: /dev/null, two pipes and their
 	// pumps (the host ignores what comes before the rehearsal's end), and
 	// the app's root and user: its chroot and the calls that drop to its
-	// credential were a tenth of the code a zygote start ran for the
-	// first time. The process is flick-init itself, which
-	// /proc/self/exe reaches from inside the app's root, and it exits at
-	// once.
+	// credential were a third of the code that a zygote start ran for the
+	// first time (by QEMU's in_asm log). The process is flick-init
+	// itself, which /proc/self/exe reaches from inside the app's root,
+	// and it exits at once.
 	rehearsal := &launch{argv0: "/init", args: []string{rehearsalArg0}, env: []string{"PATH=" + defaultPath}, dir: "/"}
 	if app != nil {
 		inRoot := *rehearsal
