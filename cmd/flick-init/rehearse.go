@@ -78,23 +78,21 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 	// first time (by QEMU's in_asm log). The process is flick-init
 	// itself, which /proc/self/exe reaches from inside the app's root,
 	// and it exits at once.
-	rehearsal := &launch{argv0: "/init", args: []string{rehearsalArg0}, env: []string{"PATH=" + defaultPath}, dir: "/"}
+	plain := launch{argv0: "/init", args: []string{rehearsalArg0}, env: []string{"PATH=" + defaultPath}, dir: "/"}
+	tries := []launch{plain}
 	if app != nil {
-		inRoot := *rehearsal
+		inRoot := plain
 		inRoot.argv0, inRoot.chroot, inRoot.cred = "/proc/self/exe", app.chroot, app.cred
-		if a, err := startApp(p, &inRoot); err == nil {
-			a.wait()
-			rehearsal = nil
-		} else {
-			logf("rehearse: as the app: %v", err)
-		}
+		tries = []launch{inRoot, plain}
 	}
-	if rehearsal != nil {
-		if a, err := startApp(p, rehearsal); err == nil {
-			a.wait()
-		} else {
+	for _, l := range tries {
+		a, err := startApp(p, &l)
+		if err != nil {
 			logf("rehearse: %v", err)
+			continue
 		}
+		a.wait()
+		break
 	}
 	p.event(wire.Event{Kind: wire.EventRehearsed, Message: time.Since(t0).String()})
 }

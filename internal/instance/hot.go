@@ -28,7 +28,6 @@ import (
 func (r *running) holdHot(d time.Duration) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.hot = true
 	r.hotTimer = time.AfterFunc(d, func() { _ = r.vm.Kill() })
 }
 
@@ -37,10 +36,10 @@ func (r *running) holdHot(d time.Duration) {
 func (r *running) takeHot() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if !r.hot || !r.hotTimer.Stop() {
+	if r.hotTimer == nil || !r.hotTimer.Stop() {
 		return false
 	}
-	r.hot, r.standby = false, false
+	r.hotTimer, r.standby = nil, false
 	return true
 }
 
@@ -48,8 +47,8 @@ func (r *running) takeHot() bool {
 // standing by from its save; false when it had none.
 func (r *running) endHot() bool {
 	r.mu.Lock()
-	hot := r.hot && r.hotTimer.Stop()
-	r.hot = false
+	hot := r.hotTimer != nil && r.hotTimer.Stop()
+	r.hotTimer = nil
 	r.mu.Unlock()
 	if hot {
 		_ = r.vm.Kill()
@@ -60,7 +59,7 @@ func (r *running) endHot() bool {
 func (r *running) isHot() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.hot
+	return r.hotTimer != nil
 }
 
 // stopHot forgets the timer of a VMM that ended.
@@ -69,8 +68,8 @@ func (r *running) stopHot() {
 	defer r.mu.Unlock()
 	if r.hotTimer != nil {
 		r.hotTimer.Stop()
+		r.hotTimer = nil
 	}
-	r.hot = false
 }
 
 // standByHot records a saved instance as standing by while its VMM stays,

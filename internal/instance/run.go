@@ -40,9 +40,8 @@ type running struct {
 	killed   bool        // the host ended the VMM itself
 	standby  bool        // the host ended the VMM after saving it
 	detached bool        // the daemon is going away; the VM goes on
-	// hot is set while a standby keeps the VMM paused (hot.go), until
-	// hotTimer ends it.
-	hot      bool
+	// hotTimer is set while a standby keeps the VMM paused (hot.go); it
+	// ends the VMM when it fires.
 	hotTimer *time.Timer
 
 	exitOnce sync.Once
