@@ -20,6 +20,7 @@ import (
 // root disk built from busybox-static.
 type bootEnv struct {
 	qemu, kernel, initrd, rootDisk string
+	dir                            string // holds the files above; TestMain removes it
 }
 
 var (
@@ -28,6 +29,14 @@ var (
 	bootSkip   string
 	bootErr    error
 )
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if bootShared != nil {
+		os.RemoveAll(bootShared.dir)
+	}
+	os.Exit(code)
+}
 
 // requireBoot returns the shared boot environment, or skips the test with
 // the reason when this machine cannot boot a guest.
@@ -60,12 +69,17 @@ func newBootEnv() (env *bootEnv, skip string, err error) {
 	if _, err := os.Stat(kernel); err != nil {
 		return nil, fmt.Sprintf("no guest kernel at %s: run make kernel or set FLICK_KERNEL", kernel), nil
 	}
-	// The files outlive single tests; the test binary's temporary
-	// directory goes when the process does.
+	// The files outlive single tests; TestMain removes the directory
+	// when they have all run.
 	dir, err := os.MkdirTemp("", "flick-boot-")
 	if err != nil {
 		return nil, "", err
 	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
 	init := os.Getenv("FLICK_INIT")
 	if init == "" {
 		init = filepath.Join(dir, "flick-init")
@@ -83,7 +97,7 @@ func newBootEnv() (env *bootEnv, skip string, err error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return &bootEnv{qemu: qemu, kernel: kernel, initrd: initrd, rootDisk: rootDisk}, "", nil
+	return &bootEnv{qemu: qemu, kernel: kernel, initrd: initrd, rootDisk: rootDisk, dir: dir}, "", nil
 }
 
 // buildTestRoot makes an erofs image of a tiny busybox system: /bin/sh is an
