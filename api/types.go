@@ -111,7 +111,7 @@ type InstanceConfig struct {
 	StopSignal  string   `json:"stop_signal,omitempty"`  // overrides the image's
 	StopTimeout int      `json:"stop_timeout,omitempty"` // seconds, default 10
 	Accel       string   `json:"accel,omitempty"`        // auto, kvm or tcg
-	Kernel      string   `json:"kernel,omitempty"`       // a vmlinux path; default the daemon's
+	Kernel      string   `json:"kernel,omitempty"`       // a vmlinux path; default the daemon's for the vCPUs
 	// WritableLayer is where the instance's writes go: "disk" (an ext4
 	// layer kept across stop and start; the default) or "memory" (guest
 	// RAM, up to half of it, gone when the VM stops; faster to boot).

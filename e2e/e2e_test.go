@@ -115,6 +115,9 @@ func TestRunOverrides(t *testing.T) {
 		{name: "user uid", args: []string{"-u", "1000"}, cmd: []string{"id", "-u"}, want: "1000"},
 		{name: "user name", args: []string{"-u", "app"}, cmd: []string{"sh", "-c", "id -u; id -g"}, want: "1000\n1000"},
 		{name: "entrypoint", args: []string{"--entrypoint", "/bin/echo"}, cmd: []string{"via", "entrypoint"}, want: "via entrypoint"},
+		// One vCPU boots the uniprocessor kernel, more the SMP one.
+		{name: "one cpu", cmd: []string{"grep", "-c", "^processor", "/proc/cpuinfo"}, want: "1"},
+		{name: "two cpus", args: []string{"--cpus", "2"}, cmd: []string{"grep", "-c", "^processor", "/proc/cpuinfo"}, want: "2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

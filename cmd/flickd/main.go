@@ -22,7 +22,8 @@ func main() {
 	var cfg daemon.RunConfig
 	flag.StringVar(&cfg.Root, "root", "/var/lib/flick", "directory for images, instances and the store")
 	flag.StringVar(&cfg.Socket, "socket", "/run/flick/flickd.sock", "unix socket to serve the API on")
-	flag.StringVar(&cfg.Kernel, "kernel", guest.DefaultKernelPath(), "guest kernel (uncompressed vmlinux with a PVH entry)")
+	flag.StringVar(&cfg.Kernel, "kernel", guest.DefaultKernelPath(), "guest kernel (uncompressed vmlinux with a PVH entry) for guests of one vCPU")
+	flag.StringVar(&cfg.KernelSMP, "kernel-smp", "", "guest kernel for guests of more than one vCPU (default the kernel's -smp sibling, as make kernel builds it, else --kernel)")
 	flag.StringVar(&cfg.Init, "init", defaultInit(), "flick-init binary, the guest's PID 1")
 	flag.StringVar(&cfg.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
 	flag.StringVar(&cfg.TCGCPU, "tcg-cpu", vmm.DefaultTCGCPU, "QEMU CPU model for guests under TCG (e.g. max for every feature QEMU emulates)")

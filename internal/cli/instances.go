@@ -59,7 +59,7 @@ func (f *createFlags) register(fs *pflag.FlagSet, withName bool) {
 	fs.IntVar(&f.cpus, "cpus", 0, "number of vCPUs (default 1)")
 	fs.StringVarP(&f.memory, "memory", "m", "", "guest memory, e.g. 256M or 1g (default 128M)")
 	fs.StringVar(&f.accel, "accel", "", "accelerator: auto, kvm or tcg (default auto)")
-	fs.StringVar(&f.kernel, "kernel", "", "guest kernel (a vmlinux path on the daemon's host)")
+	fs.StringVar(&f.kernel, "kernel", "", "guest kernel (a vmlinux path on the daemon's host; default the daemon's for the number of vCPUs)")
 	fs.StringVar(&f.stopSignal, "stop-signal", "", "signal that stops the app (default the image's, else TERM)")
 	fs.IntVar(&f.stopTimeout, "stop-timeout", 0, "seconds to wait after the stop signal before killing (default 10)")
 	fs.StringVar(&f.layer, "layer", "", "where the app's writes go: disk (kept across stop/start) or memory (in guest RAM, faster to boot; the default with --rm)")

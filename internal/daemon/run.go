@@ -27,6 +27,7 @@ type RunConfig struct {
 	Root        string
 	Socket      string
 	Kernel      string
+	KernelSMP   string // for guests of more than one vCPU; empty: guest.SMPKernel(Kernel)
 	Init        string
 	QEMU        string
 	TCGCPU      string // QEMU CPU model under TCG
@@ -77,6 +78,12 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		// Not fatal: a run can name its own kernel. Starts fail with the fix.
 		log.Warn("guest kernel not found: build it with make kernel, or give --kernel", "path", cfg.Kernel)
 	}
+	kernelSMP := cfg.KernelSMP
+	if kernelSMP == "" {
+		kernelSMP = guest.SMPKernel(cfg.Kernel)
+	} else if _, err := os.Stat(kernelSMP); err != nil {
+		return fmt.Errorf("--kernel-smp: %w", err)
+	}
 	initrd, err := guest.BuildInitrd(cfg.Init, filepath.Join(cfg.Root, "guest"))
 	if err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
@@ -115,7 +122,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	mgr, err = instance.New(ctx, instance.Config{
 		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log, Networks: networks,
-		Kernel: cfg.Kernel, Initrd: initrd,
+		Kernel: cfg.Kernel, KernelSMP: kernelSMP, Initrd: initrd,
 		Cmdline:       func(accel string) string { return guest.KernelCmdline(guest.CmdlineOptions{Accel: accel}) },
 		BootTimeout:   cfg.BootTimeout,
 		Snapshots:     !cfg.NoSnapshots,
@@ -143,7 +150,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}), ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("flickd serving", "socket", cfg.Socket, "root", cfg.Root, "kernel", cfg.Kernel, "accel", vmm.PickAccel("auto"))
+	log.Info("flickd serving", "socket", cfg.Socket, "root", cfg.Root, "kernel", cfg.Kernel, "kernel_smp", kernelSMP, "accel", vmm.PickAccel("auto"))
 	select {
 	case <-ctx.Done():
 	case err := <-errc:

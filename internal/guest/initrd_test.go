@@ -184,3 +184,30 @@ func TestDefaultKernelPath(t *testing.T) {
 		t.Errorf("with XDG_CACHE_HOME: %s", got)
 	}
 }
+
+func TestSMPKernel(t *testing.T) {
+	dir := t.TempDir()
+	up := filepath.Join(dir, "vmlinux")
+	for _, p := range []string{up, filepath.Join(dir, "other")} {
+		if err := os.WriteFile(p, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(up+"-smp", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, kernel, want string
+	}{
+		{name: "sibling", kernel: up, want: up + "-smp"},
+		{name: "no sibling", kernel: filepath.Join(dir, "other"), want: filepath.Join(dir, "other")},
+		{name: "missing kernel", kernel: filepath.Join(dir, "none"), want: filepath.Join(dir, "none")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := SMPKernel(tt.kernel); got != tt.want {
+				t.Errorf("SMPKernel(%s) = %s, want %s", tt.kernel, got, tt.want)
+			}
+		})
+	}
+}

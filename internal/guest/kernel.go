@@ -29,6 +29,16 @@ func DefaultKernelPath() string {
 	return filepath.Join(cache, "flick", "kernel", "vmlinux")
 }
 
+// SMPKernel returns the kernel for guests of more than one vCPU that goes
+// with kernel: kernel+"-smp" when that file exists, as scripts/build-kernel.sh
+// builds it beside the uniprocessor vmlinux, else kernel itself.
+func SMPKernel(kernel string) string {
+	if _, err := os.Stat(kernel + "-smp"); err == nil {
+		return kernel + "-smp"
+	}
+	return kernel
+}
+
 // CmdlineOptions tunes KernelCmdline.
 type CmdlineOptions struct {
 	// TSCkHz is the guest TSC's frequency in kHz; 0 uses the host's. Under

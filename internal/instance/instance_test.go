@@ -167,3 +167,25 @@ func TestSparseCopy(t *testing.T) {
 		t.Error("temporary file left behind")
 	}
 }
+
+func TestKernelForCPUs(t *testing.T) {
+	tests := []struct {
+		name      string
+		kernelSMP string
+		c         api.InstanceConfig
+		want      string
+	}{
+		{name: "one vCPU", kernelSMP: "/k/vmlinux-smp", c: api.InstanceConfig{CPUs: 1}, want: "/k/vmlinux"},
+		{name: "two vCPUs", kernelSMP: "/k/vmlinux-smp", c: api.InstanceConfig{CPUs: 2}, want: "/k/vmlinux-smp"},
+		{name: "two vCPUs, no SMP kernel", c: api.InstanceConfig{CPUs: 2}, want: "/k/vmlinux"},
+		{name: "own kernel", kernelSMP: "/k/vmlinux-smp", c: api.InstanceConfig{CPUs: 4, Kernel: "/mine"}, want: "/mine"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &Manager{cfg: Config{Kernel: "/k/vmlinux", KernelSMP: tt.kernelSMP}}
+			if got := m.kernel(tt.c); got != tt.want {
+				t.Errorf("kernel = %s, want %s", got, tt.want)
+			}
+		})
+	}
+}

@@ -63,8 +63,11 @@ type Config struct {
 	Networks Networks
 	Logger   *slog.Logger
 
-	Kernel string // default guest kernel (vmlinux)
-	Initrd string // initramfs holding flick-init
+	Kernel string // default guest kernel (vmlinux) for guests of one vCPU
+	// KernelSMP is the default kernel for guests of more vCPUs; empty
+	// means Kernel.
+	KernelSMP string
+	Initrd    string // initramfs holding flick-init
 	// Cmdline returns the guest kernel command line for an accelerator.
 	Cmdline func(accel string) string
 

@@ -945,12 +945,24 @@ type bootPlan struct {
 	clone   *vmm.Snapshot // a fork snapshot of a running VM to restore, as a clone
 }
 
+// kernel is the guest kernel of an instance with config c: its own if it
+// names one, else the daemon's for its number of vCPUs.
+func (m *Manager) kernel(c api.InstanceConfig) string {
+	switch {
+	case c.Kernel != "":
+		return c.Kernel
+	case c.CPUs > 1 && m.cfg.KernelSMP != "":
+		return m.cfg.KernelSMP
+	}
+	return m.cfg.Kernel
+}
+
 // vmSpec is the VM of an instance with config c: its kernel and command
 // line, and its disks in the order that snapshots rely on. Dir,
 // GuestConfig, ConsoleLog and NIC are the caller's to fill in.
 func (m *Manager) vmSpec(id string, c api.InstanceConfig, accel, rootDisk, dataDisk string) vmm.Spec {
 	return vmm.Spec{
-		ID: id, Kernel: firstNonEmpty(c.Kernel, m.cfg.Kernel), Initrd: m.cfg.Initrd, Cmdline: m.cfg.Cmdline(accel),
+		ID: id, Kernel: m.kernel(c), Initrd: m.cfg.Initrd, Cmdline: m.cfg.Cmdline(accel),
 		CPUs: c.CPUs, MemoryMiB: c.MemoryMiB, Accel: accel,
 		Disks: []vmm.Disk{
 			{Path: rootDisk, Serial: "root", ReadOnly: true},
