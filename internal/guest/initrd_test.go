@@ -161,12 +161,16 @@ func TestParseCPUMHz(t *testing.T) {
 
 func TestKernelCmdline(t *testing.T) {
 	got := KernelCmdline(CmdlineOptions{TSCkHz: 2596144, Extra: []string{"x=1"}})
-	want := "console=ttyS0,115200 quiet lapic_timer_period=4000000 tsc_early_khz=2596144 pty.legacy_count=0 8250.nr_uarts=1 panic=-1 reboot=t no_timer_check noreplace-smp rdinit=/init qemu_fw_cfg.ioport=12@0x510:0:1:4 x=1"
+	want := "console=ttyS0,115200 quiet lapic_timer_period=4000000 rodata=off tsc_early_khz=2596144 pty.legacy_count=0 8250.nr_uarts=1 panic=-1 reboot=t no_timer_check noreplace-smp rdinit=/init qemu_fw_cfg.ioport=12@0x510:0:1:4 x=1"
 	if got != want {
 		t.Errorf("KernelCmdline =\n%s\nwant\n%s", got, want)
 	}
-	if got := KernelCmdline(CmdlineOptions{TSCkHz: 1, Accel: "kvm"}); bytes.Contains([]byte(got), []byte("lapic_timer_period")) {
-		t.Errorf("KVM cmdline %q sets the APIC timer's rate, which only QEMU's emulated APIC has", got)
+	kvm := KernelCmdline(CmdlineOptions{TSCkHz: 1, Accel: "kvm"})
+	if bytes.Contains([]byte(kvm), []byte("lapic_timer_period")) {
+		t.Errorf("KVM cmdline %q sets the APIC timer's rate, which only QEMU's emulated APIC has", kvm)
+	}
+	if bytes.Contains([]byte(kvm), []byte("rodata=off")) {
+		t.Errorf("KVM cmdline %q leaves the kernel's read-only data writable, which costs nothing to protect there", kvm)
 	}
 	if got := KernelCmdline(CmdlineOptions{TSCkHz: 1, Verbose: true}); bytes.Contains([]byte(got), []byte("quiet")) {
 		t.Errorf("verbose cmdline %q has quiet", got)
