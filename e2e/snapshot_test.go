@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -107,6 +108,19 @@ func TestZygotes(t *testing.T) {
 	}
 	if r := e.must("exec", "z", "sh", "-c", "echo $WHO $(hostname)"); r.stdout != "z z\n" {
 		t.Errorf("the claimed zygote runs with %q, want its instance's env and hostname", r.stdout)
+	}
+	// Its address is the one held for the zygote, whose link the rehearsal
+	// set up with it: the guest has the instance's address and MAC.
+	if !e.logged(fmt.Sprintf(`zygote ready.*pid=%d addr=%s/`, zygote[0], regexp.QuoteMeta(in.IP))) {
+		t.Errorf("instance z got %s, not the address held for its zygote (pid %d)", in.IP, zygote[0])
+	}
+	ip := net.ParseIP(in.IP).To4()
+	if ip == nil {
+		t.Fatalf("inspect z: ip %q", in.IP)
+	}
+	mac := fmt.Sprintf("02:fc:%02x:%02x:%02x:%02x", ip[0], ip[1], ip[2], ip[3])
+	if r := e.must("exec", "z", "cat", "/sys/class/net/eth0/address", "/proc/net/fib_trie"); !strings.HasPrefix(r.stdout, mac+"\n") || !strings.Contains(r.stdout, "|-- "+in.IP+"\n") {
+		t.Errorf("z's link, want MAC %s and address %s:\n%s", mac, in.IP, r.stdout)
 	}
 	// And the pool refills. (The claimed VM's command line still names
 	// the pool; it is told apart by its pid.)

@@ -1,7 +1,7 @@
 package main
 
 import (
-	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/flick-vm/flick/internal/guest/wire"
@@ -29,6 +29,18 @@ func prefetch(root rootDir, path string) {
 	}
 }
 
+// rehearsedLink is the network config that the rehearsal left the link
+// with: a start with the same one (the address held for its zygote) need
+// not set the link up again.
+var rehearsedLink atomic.Pointer[wire.Net]
+
+// sameLink says whether the link set up with b is as a asks: MAC, address
+// and gateway. (Names and search domains go to files of the app's root,
+// which every start writes.)
+func sameLink(a, b *wire.Net) bool {
+	return a != nil && b != nil && a.MAC == b.MAC && a.Address == b.Address && a.Gateway == b.Gateway
+}
+
 // rehearsalArg0 is the name of the process a rehearsal starts.
 const rehearsalArg0 = "flick-rehearsal"
 
@@ -48,19 +60,19 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 			logf("rehearse: %v", err)
 		}
 		if cfg.Net != nil {
-			// The host gives a throwaway address; the zygote's TAP is
-			// on no bridge yet. A second address goes through the
-			// paths that replace one, as the real start will.
-			if err := netUp(root, cfg.Net); err != nil {
+			// The host gives the address held for the zygote, or a
+			// link-local stand-in; its TAP is on no bridge yet. A
+			// stand-in of our own goes first, so that the host's
+			// goes through the paths that replace an address, as a
+			// start's does when its address is another.
+			standIn := wire.Net{MAC: "02:fc:a9:fe:00:03", Address: "169.254.0.3/16", Gateway: "169.254.0.1", DNS: []string{"169.254.0.1"}, Search: cfg.Net.Search}
+			if err := netUp(root, &standIn); err != nil {
 				logf("rehearse: %v", err)
 			}
-			if p, err := netip.ParsePrefix(cfg.Net.Address); err == nil {
-				again := *cfg.Net
-				again.Address = netip.PrefixFrom(p.Addr().Next(), p.Bits()).String()
-				again.MAC = "02:fc:a9:fe:00:03"
-				if err := netUp(root, &again); err != nil {
-					logf("rehearse: %v", err)
-				}
+			if err := netUp(root, cfg.Net); err != nil {
+				logf("rehearse: %v", err)
+			} else {
+				rehearsedLink.Store(cfg.Net)
 			}
 		}
 		if len(cfg.Args) > 0 {

@@ -44,6 +44,11 @@ type Networks interface {
 	Attach(ctx context.Context, req network.AttachRequest) (network.Attachment, error)
 	Attachment(id string) (network.Attachment, bool)
 	OpenTAP(id string) (*os.File, string, error)
+	// Reserve holds an address for a zygote (holder) and returns its
+	// guest config; an Attach with the holder as Reservation takes it,
+	// Release gives it back.
+	Reserve(network, holder string) (*wire.Net, error)
+	Release(holder string)
 	Plug(id, tap string) error
 	Standby(id string) error
 	Detach(id string)

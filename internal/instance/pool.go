@@ -36,6 +36,12 @@ type zygote struct {
 	ctl     net.Conn // flick-init's channel, dialled before the restore resumed
 	console string
 	tap     string // its TAP, plugged into the instance's network at claim
+	// net is the address held for it (Networks.Reserve), which its link
+	// is set up with: the instance that claims it on that network takes
+	// the address, and the start skips configuring the link. Nil when it
+	// has none.
+	net     *wire.Net
+	release func() // gives back net's address, if no instance took it
 }
 
 type pool struct {
@@ -95,10 +101,10 @@ func (m *Manager) claimZygote(key string) *zygote {
 }
 
 // fillPool makes zygotes of key, restored as spec says (ID, Dir, console
-// and data disk are the zygote's own) and rehearsed with drill, until the
-// pool holds size of them, and ends those of the snapshots used least
-// recently.
-func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Config) {
+// and data disk are the zygote's own) and rehearsed with drill, with an
+// address of network held for each, until the pool holds size of them,
+// and ends those of the snapshots used least recently.
+func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Config, network string) {
 	p := m.pool
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -124,7 +130,7 @@ func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Confi
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			z, err := m.makeZygote(spec, drill)
+			z, err := m.makeZygote(spec, drill, network)
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			p.filling[key]--
@@ -138,15 +144,20 @@ func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Confi
 				go z.discard()
 			default:
 				p.idle[key] = append(p.idle[key], z)
-				m.log.Info("zygote ready", "snapshot", key, "zygote", z.id, "pid", z.vm.Handle().PID)
+				addr := ""
+				if z.net != nil {
+					addr = z.net.Address
+				}
+				m.log.Info("zygote ready", "snapshot", key, "zygote", z.id, "pid", z.vm.Handle().PID, "addr", addr)
 			}
 		}()
 	}
 }
 
 // makeZygote restores spec's snapshot into a VM of its own, lets it run
-// and has it rehearse a start with drill.
-func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) {
+// and has it rehearse a start with drill, on an address of network held
+// for it.
+func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config, network string) (*zygote, error) {
 	id := newID()
 	z := &zygote{id: id, dir: filepath.Join(m.poolDir(), id)}
 	if err := os.MkdirAll(z.dir, 0o750); err != nil {
@@ -180,10 +191,18 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 		nic.TAP = f
 		spec.NIC = &nic
 		z.tap = name
+		if drill.Net != nil {
+			// Not having one costs the start its link's set-up.
+			if n, err := m.cfg.Networks.Reserve(network, id); err != nil {
+				m.log.Warn("zygote: no address held for it", "zygote", id, "err", err)
+			} else {
+				z.net, z.release = n, func() { m.cfg.Networks.Release(id) }
+			}
+		}
 	}
 	vm, err := m.cfg.Driver.Start(ctx, spec)
 	if err != nil {
-		_ = os.RemoveAll(z.dir)
+		z.discard()
 		return nil, err
 	}
 	z.vm = vm
@@ -191,7 +210,7 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 		err = vm.Resume(ctx)
 	}
 	if err == nil {
-		err = rehearse(ctx, z.ctl, drill)
+		err = rehearse(ctx, z.ctl, drill, z.net)
 	}
 	if err != nil {
 		z.discard()
@@ -201,8 +220,9 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config) (*zygote, error) 
 }
 
 // rehearse has the guest on ctl go through a start with drill and waits
-// for it to say it did.
-func rehearse(ctx context.Context, ctl net.Conn, drill wire.Config) error {
+// for it to say it did. Its link ends up configured with held, the
+// address held for the zygote, or with a link-local stand-in.
+func rehearse(ctx context.Context, ctl net.Conn, drill wire.Config, held *wire.Net) error {
 	drill.Hostname = "zygote"
 	drill.TimeNS = time.Now().UnixNano()
 	// A seed of its own: the zygote's RNG parts from its snapshot's here,
@@ -211,9 +231,13 @@ func rehearse(ctx context.Context, ctl net.Conn, drill wire.Config) error {
 	if _, err := rand.Read(drill.Seed); err != nil {
 		return fmt.Errorf("rehearse: %w", err)
 	}
-	if drill.Net != nil {
-		// A link-local stand-in: the zygote's TAP is on no bridge until
-		// a start claims it and sends the real address.
+	switch {
+	case drill.Net != nil && held != nil:
+		// The zygote's TAP is on no bridge until a start claims it, but
+		// its address is the one that start will have.
+		drill.Net = held
+	case drill.Net != nil:
+		// A link-local stand-in, which the start replaces.
 		drill.Net = &wire.Net{MAC: "02:fc:a9:fe:00:02", Address: "169.254.0.2/16", Gateway: "169.254.0.1", DNS: []string{"169.254.0.1"}, Search: drill.Net.Search}
 	}
 	payload, _ := json.Marshal(drill)
@@ -243,6 +267,9 @@ func (z *zygote) discard() {
 	if z.vm != nil {
 		_ = z.vm.Kill()
 		<-z.vm.Done()
+	}
+	if z.release != nil {
+		z.release()
 	}
 	_ = os.RemoveAll(z.dir)
 }

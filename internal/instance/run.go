@@ -320,8 +320,33 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			tap.Close()
 		}
 	}()
+	// A zygote of the snapshot is the fastest start; only a layer in
+	// memory can use one, as its data disk is not the instance's. One
+	// that is claimed but never handed to a boot is ended.
+	// (An instance standing by resumes from its own state, a clone from
+	// its parent's: neither uses a zygote.)
+	in.mu.Lock()
+	cloning := in.clone != nil
+	in.mu.Unlock()
+	var zyg *zygote
+	if restore != nil && gc.WritableLayer == wire.LayerMemory && !cloning && !fileExists(in.standbyPath()) {
+		zyg = m.claimZygote(snapKey)
+	}
+	zygHanded := false
+	defer func() {
+		if zyg != nil && !zygHanded {
+			go zyg.discard()
+		}
+	}()
+
 	if useNet {
-		att, err := m.cfg.Networks.Attach(ctx, rec.attachRequest())
+		req := rec.attachRequest()
+		if zyg != nil {
+			// The address held for the zygote, unless the instance
+			// has one of its own from an earlier start.
+			req.Reservation = zyg.id
+		}
+		att, err := m.cfg.Networks.Attach(ctx, req)
 		if err != nil {
 			return fail(err)
 		}
@@ -348,12 +373,6 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.mu.Unlock()
 	if clone != nil {
 		resume, restore, snapKey = "", nil, ""
-	}
-	// A zygote of the snapshot is the fastest start; only a layer in
-	// memory can use one, as its data disk is not the instance's.
-	var zyg *zygote
-	if restore != nil && gc.WritableLayer == wire.LayerMemory {
-		zyg = m.claimZygote(snapKey)
 	}
 	var r *running
 	var logs *logWriter
@@ -435,6 +454,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			}
 		}
 		var err error
+		zygHanded = zyg != nil
 		r, logs, t, err = m.boot(ctx, in, b, t, mark)
 		if err == nil {
 			if tap != nil {
@@ -536,7 +556,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			if img.Config.Pool != nil {
 				size = *img.Config.Pool
 			}
-			m.fillPool(snapKey, size, spec, gc)
+			m.fillPool(snapKey, size, spec, gc, rec.Config.Network)
 		}
 	}
 	return m.view(in), nil

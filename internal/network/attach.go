@@ -77,6 +77,68 @@ type AttachRequest struct {
 	PrevIP string
 	// ProxyOnly: see Attachment.
 	ProxyOnly bool
+	// Reservation names the holder of an address from Reserve (a zygote
+	// the instance starts in), which the instance takes when it has no
+	// PrevIP and the reservation is on its network. The reservation ends
+	// either way.
+	Reservation string
+}
+
+// reservation is an address held for a zygote.
+type reservation struct {
+	network string
+	ip      netip.Addr
+}
+
+// Reserve holds a free address of network for holder, a zygote that is
+// not an instance yet, and returns the guest config of it, so that the
+// zygote can set its link up ahead of its start. The instance that starts
+// in the zygote takes the address through AttachRequest.Reservation;
+// Release gives it back. Reservations are not stored: they end with the
+// daemon, as zygotes do.
+func (m *Manager) Reserve(network, holder string) (*wire.Net, error) {
+	if network == "" {
+		network = api.NetworkDefault
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, err := m.lookupLocked(network)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := allocate(n.subnet, netip.Addr{}, m.usedLocked(n.Name))
+	if err != nil {
+		return nil, err
+	}
+	m.held[holder] = reservation{network: n.Name, ip: ip}
+	a := Attachment{IP: ip.String(), Prefix: n.subnet.Bits(), Gateway: n.gw.String(), MAC: macFor(ip)}
+	return a.Guest(), nil
+}
+
+// Release gives back holder's reserved address, if it still has one.
+func (m *Manager) Release(holder string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.held, holder)
+}
+
+// usedLocked is the addresses of network that instances have or zygotes
+// hold.
+func (m *Manager) usedLocked(network string) map[netip.Addr]bool {
+	used := map[netip.Addr]bool{}
+	for _, a := range m.atts {
+		if a.Network == network {
+			if ip, err := netip.ParseAddr(a.IP); err == nil {
+				used[ip] = true
+			}
+		}
+	}
+	for _, r := range m.held {
+		if r.network == network {
+			used[r.ip] = true
+		}
+	}
+	return used
 }
 
 // Attach gives an instance an address on its network and binds its
@@ -110,16 +172,14 @@ func (m *Manager) Attach(_ context.Context, req AttachRequest) (Attachment, erro
 	if err != nil {
 		return Attachment{}, err
 	}
-	used := map[netip.Addr]bool{}
-	for _, a := range m.atts {
-		if a.Network == n.Name {
-			if ip, err := netip.ParseAddr(a.IP); err == nil {
-				used[ip] = true
-			}
+	want, _ := netip.ParseAddr(req.PrevIP)
+	if r, ok := m.held[req.Reservation]; ok {
+		delete(m.held, req.Reservation)
+		if !want.IsValid() && r.network == n.Name {
+			want = r.ip
 		}
 	}
-	want, _ := netip.ParseAddr(req.PrevIP)
-	ip, err := allocate(n.subnet, want, used)
+	ip, err := allocate(n.subnet, want, m.usedLocked(n.Name))
 	if err != nil {
 		return Attachment{}, err
 	}

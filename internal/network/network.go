@@ -75,6 +75,9 @@ type Manager struct {
 	mu   sync.Mutex
 	nets map[string]*netState // by name
 	atts map[string]*attState // by instance id
+	// held is the addresses reserved for zygotes (Reserve), by holder:
+	// in memory only, as zygotes die with the daemon.
+	held map[string]reservation
 }
 
 type netState struct {
@@ -123,6 +126,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		nl:   nl,
 		nets: map[string]*netState{},
 		atts: map[string]*attState{},
+		held: map[string]reservation{},
 	}
 	if err := m.cfg.NS.Do(func() error {
 		return os.WriteFile("/proc/sys/net/ipv4/ip_forward", []byte("1\n"), 0o644)

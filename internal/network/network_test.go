@@ -142,6 +142,35 @@ func TestManager(t *testing.T) {
 		t.Errorf("attachment after restart: %+v, %v; want 10.78.0.3, the one given back", a3, err)
 	}
 
+	// A zygote's reserved address is given to nobody else, and the
+	// instance that starts in the zygote takes it; the reservation ends
+	// there.
+	z, err := m.Reserve("team", "zyg1")
+	if err != nil || z.Address != "10.78.0.4/24" || z.MAC != "02:fc:0a:4e:00:04" || z.Gateway != "10.78.0.1" {
+		t.Fatalf("reserve: %+v, %v; want 10.78.0.4/24, the first free address", z, err)
+	}
+	if a, err := m.Attach(t.Context(), AttachRequest{ID: "id4", Name: "four", Network: "team"}); err != nil || a.IP != "10.78.0.5" {
+		t.Errorf("attachment beside a reservation: %+v, %v; want 10.78.0.5", a, err)
+	}
+	if a, err := m.Attach(t.Context(), AttachRequest{ID: "id5", Name: "five", Network: "team", Reservation: "zyg1"}); err != nil || a.IP != "10.78.0.4" {
+		t.Errorf("attachment in the zygote: %+v, %v; want its 10.78.0.4", a, err)
+	}
+	// A reservation on another network only ends.
+	if z, err = m.Reserve("", "zyg2"); err != nil || z.Address != "10.77.0.2/16" {
+		t.Fatalf("reserve on default: %+v, %v", z, err)
+	}
+	if a, err := m.Attach(t.Context(), AttachRequest{ID: "id6", Name: "six", Network: "team", Reservation: "zyg2"}); err != nil || a.IP != "10.78.0.6" {
+		t.Errorf("attachment on team in a zygote of default: %+v, %v; want 10.78.0.6", a, err)
+	}
+	m.Release("zyg2") // no longer held: nothing to do
+	if z, err = m.Reserve("", "zyg3"); err != nil || z.Address != "10.77.0.2/16" {
+		t.Errorf("reserve after the other ended: %+v, %v; want 10.77.0.2 again", z, err)
+	}
+	m.Release("zyg3")
+	for _, id := range []string{"id4", "id5", "id6"} {
+		m.Detach(id)
+	}
+
 	users["team"] = []string{"one"}
 	if err := m.Remove(t.Context(), "team"); !errors.Is(err, errdefs.ErrConflict) {
 		t.Errorf("remove a network in use: %v", err)
