@@ -23,7 +23,7 @@ cd "$repo"
 say "installing dependencies"
 scripts/deps.sh
 
-say "building flick and the guest kernel (the first kernel build takes a few minutes)"
+say "building flick and the guest kernels (the first kernel builds take about 8 minutes on 2 cores)"
 make build kernel
 kernel=$(readlink -f "${FLICK_KERNEL:-${XDG_CACHE_HOME:-$HOME/.cache}/flick/kernel/vmlinux}")
 [ -f "$kernel" ] || die "no guest kernel at $kernel after make kernel"
