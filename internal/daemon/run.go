@@ -88,6 +88,11 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	if err != nil {
 		return fmt.Errorf("build initramfs: %w", err)
 	}
+	if old, err := guest.PruneInitrds(filepath.Dir(initrd), initrd); err != nil {
+		log.Warn("remove the initramfs of earlier flick-init binaries", "err", err)
+	} else if len(old) > 0 {
+		log.Info("removed the initramfs of earlier flick-init binaries", "files", len(old))
+	}
 	images, err := image.New(image.Config{Root: filepath.Join(cfg.Root, "images"), DB: db, Logger: log})
 	if err != nil {
 		return err

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
 
 // BuildInitrd writes the guest's initramfs to dir and returns its path: an
@@ -53,6 +54,32 @@ func BuildInitrd(initBinary, dir string) (string, error) {
 		return "", fmt.Errorf("build initrd: %w", err)
 	}
 	return path, nil
+}
+
+// PruneInitrds removes the initramfs files in dir that BuildInitrd made
+// for other flick-init binaries, keeping keep, and the temporary files of
+// builds that a crash cut short, and returns their names. QEMU reads its
+// initramfs when it starts, and a boot snapshot's key names the
+// initramfs, so nothing uses the others any more. Only one daemon builds
+// in dir, and it calls this after its own build.
+func PruneInitrds(dir, keep string) ([]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var removed []string
+	for _, e := range ents {
+		name := e.Name()
+		built := strings.HasPrefix(name, "initrd-") && strings.HasSuffix(name, ".cpio")
+		if !built && !strings.HasPrefix(name, ".initrd-") || filepath.Join(dir, name) == keep {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil {
+			return removed, err
+		}
+		removed = append(removed, name)
+	}
+	return removed, nil
 }
 
 // initrdEntries is the initramfs layout flick-init expects, apart from /init.

@@ -215,3 +215,28 @@ func TestSMPKernel(t *testing.T) {
 		})
 	}
 }
+
+func TestPruneInitrds(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"initrd-aaaaaaaaaaaa.cpio", "initrd-bbbbbbbbbbbb.cpio", ".initrd-123", "notes.txt"} {
+		if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keep := filepath.Join(dir, "initrd-bbbbbbbbbbbb.cpio")
+	removed, err := PruneInitrds(dir, keep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(removed) != 2 || removed[0] != ".initrd-123" || removed[1] != "initrd-aaaaaaaaaaaa.cpio" {
+		t.Errorf("removed %v, want the other initrd and the temporary file", removed)
+	}
+	var left []string
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if len(left) != 2 || left[0] != "initrd-bbbbbbbbbbbb.cpio" || left[1] != "notes.txt" {
+		t.Errorf("left %v, want the kept initrd and the file that is not an initrd", left)
+	}
+}

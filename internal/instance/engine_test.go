@@ -170,9 +170,11 @@ func newTestManager(t *testing.T, g fakeGuest) (*Manager, *fakeDriver) {
 	t.Cleanup(func() { db.Close() })
 	kernel := filepath.Join(root, "vmlinux")
 	os.WriteFile(kernel, []byte("k"), 0o644)
+	initrd := filepath.Join(root, "initrd.cpio")
+	os.WriteFile(initrd, []byte("i"), 0o644)
 	d := &fakeDriver{guest: g}
 	m, err := New(t.Context(), Config{
-		Root: root, DB: db, Images: fakeImages{disk: kernel}, Driver: d, Kernel: kernel,
+		Root: root, DB: db, Images: fakeImages{disk: kernel}, Driver: d, Kernel: kernel, Initrd: initrd,
 		Cmdline: func(string) string { return "" }, BootTimeout: 5 * time.Second, DataSizeMiB: 64,
 	})
 	if err != nil {

@@ -289,7 +289,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 	accel := vmm.PickAccel(rec.Config.Accel)
 	spec := m.vmSpec(rec.ID, rec.Config, accel, rootDisk, dataDisk)
-	kernel, cmdline := spec.Kernel, spec.Cmdline
+	kernel := spec.Kernel
 	if _, err := os.Stat(kernel); err != nil {
 		return fail(errdefs.Unavailable("guest kernel %s not found: build it with make kernel, or give flickd --kernel", kernel))
 	}
@@ -297,8 +297,9 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	// boot.
 	var restore *bootSnapshot
 	snapKey := ""
+	snapIn := snapInputs{Kernel: kernel, Digest: img.Digest, Layer: gc.WritableLayer, MemMiB: rec.Config.MemoryMiB, CPUs: rec.Config.CPUs, Accel: accel, NIC: useNet}
 	if m.cfg.Snapshots && !rec.Config.ColdBoot {
-		if k, err := m.snapKey(kernel, img.Digest, gc.WritableLayer, rec.Config.MemoryMiB, rec.Config.CPUs, accel, cmdline, useNet); err == nil {
+		if k, err := m.snapKey(snapIn); err == nil {
 			snapKey = k
 			restore, _ = m.lookupSnapshot(k)
 		}
@@ -360,7 +361,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 
 	spec.Dir, spec.GuestConfig, spec.ConsoleLog, spec.NIC = rec.RunDir, cfgPath, in.consolePath(), nic
-	b := bootPlan{spec: spec, config: gc, digest: img.Digest}
+	b := bootPlan{spec: spec, config: gc, digest: img.Digest, snapIn: snapIn}
 	// An instance standing by resumes from its own saved state; a clone
 	// starts from its parent's.
 	resume := ""
@@ -960,6 +961,7 @@ type bootPlan struct {
 	digest  string        // the image's
 	restore *bootSnapshot // restore this instead of booting
 	snapKey string        // save a boot snapshot under this key
+	snapIn  snapInputs    // and these inputs of it
 	zygote  *zygote       // a VM already restored from restore, to claim
 	resume  string        // the instance's standby state to resume from
 	clone   *vmm.Snapshot // a fork snapshot of a running VM to restore, as a clone
@@ -1207,7 +1209,7 @@ func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error
 		_ = os.RemoveAll(tmp)
 		return diskFull(err, m.snapDir(), int64(b.spec.MemoryMiB)<<20)
 	}
-	if err := m.commitSnapshot(tmp, b.snapKey, b.digest, b.spec.GuestConfig); err != nil {
+	if err := m.commitSnapshot(tmp, b.snapKey, b.snapIn, b.spec.GuestConfig); err != nil {
 		_ = os.RemoveAll(tmp)
 		return err
 	}

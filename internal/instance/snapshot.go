@@ -33,6 +33,22 @@ type snapMeta struct {
 	RAMSize     int64     `json:"ram_size"`
 	StateSize   int64     `json:"state_size"`
 	StateSHA256 string    `json:"state_sha256"`
+	// Inputs are the start's part of the key, from which a later daemon
+	// computes the key again to find snapshots that no start can use.
+	Inputs *snapInputs `json:"inputs,omitempty"`
+}
+
+// snapInputs are what a start brings to a boot snapshot's key; the rest is
+// the daemon's: its initrd, the kernel command line for the accelerator,
+// the VMM, and the kernel file as it is now.
+type snapInputs struct {
+	Kernel string `json:"kernel"`
+	Digest string `json:"image_digest"`
+	Layer  string `json:"layer"`
+	MemMiB int    `json:"mem_mib"`
+	CPUs   int    `json:"cpus"`
+	Accel  string `json:"accel"`
+	NIC    bool   `json:"nic"`
 }
 
 // bootSnapshot is a snapshot found valid on disk.
@@ -46,8 +62,10 @@ type bootSnapshot struct {
 func (m *Manager) snapDir() string { return filepath.Join(m.cfg.Root, "snapshots") }
 
 // snapKey names the snapshot that a start with these inputs can use: any
-// change to one of them needs a new boot.
-func (m *Manager) snapKey(kernel, digest, layer string, memMiB, cpus int, accel, cmdline string, nic bool) (string, error) {
+// change to one of them, or to the daemon's initrd, kernel command line or
+// VMM, needs a new boot.
+func (m *Manager) snapKey(in snapInputs) (string, error) {
+	kernel, digest, layer, memMiB, cpus, accel, cmdline, nic := in.Kernel, in.Digest, in.Layer, in.MemMiB, in.CPUs, in.Accel, m.cfg.Cmdline(in.Accel), in.NIC
 	ki, err := os.Stat(kernel)
 	if err != nil {
 		return "", err
@@ -132,7 +150,7 @@ func (m *Manager) newSnapshotDir(key string) (string, vmm.Snapshot, error) {
 // commitSnapshot writes meta.json and boot.json into tmp and renames it to
 // the snapshot of key; a crash before the rename leaves only a .new-
 // directory, which the next daemon removes.
-func (m *Manager) commitSnapshot(tmp, key, digest, bootConfig string) error {
+func (m *Manager) commitSnapshot(tmp, key string, in snapInputs, bootConfig string) error {
 	ri, err := os.Stat(filepath.Join(tmp, "ram"))
 	if err != nil {
 		return err
@@ -148,7 +166,7 @@ func (m *Manager) commitSnapshot(tmp, key, digest, bootConfig string) error {
 	if err := os.WriteFile(filepath.Join(tmp, "boot.json"), boot, 0o600); err != nil {
 		return err
 	}
-	meta := snapMeta{Key: key, ImageDigest: digest, Created: time.Now().UTC(), RAMSize: ri.Size(), StateSize: n, StateSHA256: sum}
+	meta := snapMeta{Key: key, ImageDigest: in.Digest, Created: time.Now().UTC(), RAMSize: ri.Size(), StateSize: n, StateSHA256: sum, Inputs: &in}
 	b, _ := json.Marshal(meta)
 	if err := os.WriteFile(filepath.Join(tmp, "meta.json"), b, 0o600); err != nil {
 		return err
@@ -190,16 +208,34 @@ func (m *Manager) RemoveImageSnapshots(digest string) {
 	}
 }
 
-// cleanSnapshots removes the leftovers of saves that a crash interrupted.
+// cleanSnapshots removes the leftovers of saves that a crash interrupted,
+// and the snapshots that no start can use any more: their key is not what
+// their inputs give now (another initrd, kernel command line or VMM, a
+// kernel file changed or gone), or they are of a flick that did not record
+// their inputs.
 func (m *Manager) cleanSnapshots() {
 	ents, err := os.ReadDir(m.snapDir())
 	if err != nil {
 		return
 	}
 	for _, e := range ents {
+		dir := filepath.Join(m.snapDir(), e.Name())
 		if strings.HasPrefix(e.Name(), ".new-") {
-			_ = os.RemoveAll(filepath.Join(m.snapDir(), e.Name()))
+			_ = os.RemoveAll(dir)
+			continue
 		}
+		var meta snapMeta
+		b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
+		if err == nil {
+			err = json.Unmarshal(b, &meta)
+		}
+		if err == nil && meta.Inputs != nil {
+			if key, err := m.snapKey(*meta.Inputs); err == nil && key == e.Name() {
+				continue
+			}
+		}
+		m.log.Info("boot snapshot removed: no start can use it any more", "snapshot", e.Name(), "image", meta.ImageDigest)
+		_ = os.RemoveAll(dir)
 	}
 }
 

@@ -6,9 +6,22 @@ import (
 	"testing"
 )
 
-// saveFake writes a snapshot of key for digest as a save would.
+// inputsOf are the inputs of a start of the image digest on m's kernel.
+func inputsOf(m *Manager, digest string) snapInputs {
+	return snapInputs{Kernel: m.cfg.Kernel, Digest: digest, Layer: "memory", MemMiB: 128, CPUs: 1, Accel: "tcg"}
+}
+
+// saveFake writes a snapshot of key for digest as a save would; an empty
+// key is the one the inputs give.
 func saveFake(t *testing.T, m *Manager, key, digest string) {
 	t.Helper()
+	in := inputsOf(m, digest)
+	if key == "" {
+		var err error
+		if key, err = m.snapKey(in); err != nil {
+			t.Fatal(err)
+		}
+	}
 	tmp, snap, err := m.newSnapshotDir(key)
 	if err != nil {
 		t.Fatal(err)
@@ -23,7 +36,7 @@ func saveFake(t *testing.T, m *Manager, key, digest string) {
 	if err := os.WriteFile(boot, []byte(`{"await_config":true}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := m.commitSnapshot(tmp, key, digest, boot); err != nil {
+	if err := m.commitSnapshot(tmp, key, in, boot); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -64,20 +77,42 @@ func TestSnapshotLookupValidates(t *testing.T) {
 
 func TestSnapshotGC(t *testing.T) {
 	m, _ := newTestManager(t, serveApp(0, false))
-	saveFake(t, m, "k1", "sha256:a")
-	saveFake(t, m, "k2", "sha256:b")
+	saveFake(t, m, "", "sha256:a")
+	saveFake(t, m, "", "sha256:b")
 	// A second save of the same key (two first starts at once) keeps one.
-	saveFake(t, m, "k2", "sha256:b")
+	saveFake(t, m, "", "sha256:b")
+	keyB, err := m.snapKey(inputsOf(m, "sha256:b"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	// A save that a crash interrupted.
 	if err := os.MkdirAll(filepath.Join(m.snapDir(), ".new-k3-123"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A snapshot whose inputs give another key now (as after a new initrd
+	// or kernel command line), and one of a flick that did not record its
+	// inputs.
+	saveFake(t, m, "k4", "sha256:b")
+	saveFake(t, m, "k5", "sha256:b")
+	meta := filepath.Join(m.snapDir(), "k5", "meta.json")
+	if err := os.WriteFile(meta, []byte(`{"key":"k5","image_digest":"sha256:b"}`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	m.RemoveImageSnapshots("sha256:a")
 	m.cleanSnapshots()
 	ents, _ := os.ReadDir(m.snapDir())
-	if len(ents) != 1 || ents[0].Name() != "k2" {
-		t.Fatalf("after removing image a and cleaning: %v, want only k2", ents)
+	if len(ents) != 1 || ents[0].Name() != keyB {
+		t.Fatalf("after removing image a and cleaning: %v, want only %s, image b's", ents, keyB)
 	}
+	// Another kernel file at the same path: no start can use it either.
+	if err := os.WriteFile(m.cfg.Kernel, []byte("another kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.cleanSnapshots()
+	if ents, _ := os.ReadDir(m.snapDir()); len(ents) != 0 {
+		t.Errorf("after the kernel changed: %v, want none", ents)
+	}
+	saveFake(t, m, "", "sha256:b")
 	if sizes := m.SnapshotSizes(); sizes["sha256:b"] <= 0 || sizes["sha256:a"] != 0 {
 		t.Errorf("SnapshotSizes = %v, want only sha256:b, not empty", sizes)
 	}
