@@ -147,6 +147,46 @@ func TestZygotes(t *testing.T) {
 	}
 }
 
+// TestDiskLayerZygote: the first start of an instance with a disk layer
+// (the default of run -d) claims a zygote too, whose data disk becomes the
+// instance's: what the app writes is there after a stop and a start.
+func TestDiskLayerZygote(t *testing.T) {
+	e := newEnv(t)
+	e.load(testenv.BusyboxImage(t), busybox)
+	pool := filepath.Join(e.root, "pool")
+
+	// The image's first disk-layer start saves the snapshot; a zygote of
+	// it follows.
+	e.must("run", "-d", "--name", "first", busybox, "sleep", "1000")
+	var zygote []int
+	waitFor(t, 30*time.Second, "no zygote was ready after the disk-layer snapshot's first use", func() bool {
+		zygote = qemuUnder(pool)
+		return len(zygote) == 1 && e.logged(fmt.Sprintf("zygote ready.*pid=%d", zygote[0]))
+	})
+
+	e.must("run", "-d", "--name", "d", busybox, "sleep", "1000")
+	in, _ := e.inspect("d")
+	if in.PID != zygote[0] || in.StartMode != api.StartSnapshot {
+		t.Fatalf("disk-layer start after a zygote was ready: pid %d mode %q, want the zygote's pid %d", in.PID, in.StartMode, zygote[0])
+	}
+	if r := e.must("exec", "d", "sh", "-c", "echo kept > /note; sync; hostname"); r.stdout != "d\n" {
+		t.Errorf("hostname in the claimed zygote: %q, want d", r.stdout)
+	}
+	if _, err := os.Stat(filepath.Join(e.root, "instances", in.ID, "data.ext4")); err != nil {
+		t.Errorf("the instance's disk layer: %v", err)
+	}
+	e.must("stop", "-t", "5", "d")
+	e.must("start", "d")
+	if r := e.must("exec", "d", "cat", "/note"); r.stdout != "kept\n" {
+		t.Errorf("after stop and start, /note is %q, want the zygote-started app's write", r.stdout)
+	}
+	// A later start of the same instance has its disk: no zygote for it.
+	after, _ := e.inspect("d")
+	if after.PID == zygote[0] || alive(zygote[0]) {
+		t.Errorf("restart ran in pid %d; the claimed zygote %d should have ended with the stop", after.PID, zygote[0])
+	}
+}
+
 // logged reports whether flickd's log has a line matching pattern.
 func (e *env) logged(pattern string) bool {
 	b, err := os.ReadFile(e.log)

@@ -136,7 +136,7 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		if cfg.WritableLayer != layer {
 			return cfg, nil, fmt.Errorf("config: the snapshot has a %s layer, the instance wants %s", layer, cfg.WritableLayer)
 		}
-		if !inMemory {
+		if !inMemory && !rehearsedUpper.Load() {
 			if err := mountUpper(cfg); err != nil {
 				return cfg, nil, err
 			}

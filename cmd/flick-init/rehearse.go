@@ -34,6 +34,10 @@ func prefetch(root rootDir, path string) {
 // not set the link up again.
 var rehearsedLink atomic.Pointer[wire.Net]
 
+// rehearsedUpper is set when the rehearsal mounted the writable layer of a
+// disk-layer zygote, and with it the app's root.
+var rehearsedUpper atomic.Bool
+
 // sameLink says whether the link set up with b is as a asks: MAC, address
 // and gateway. (Names and search domains go to files of the app's root,
 // which every start writes.)
@@ -54,6 +58,15 @@ const rehearsalArg0 = "flick-rehearsal"
 func rehearse(p *port, cfg wire.Config, recv int64) {
 	t0 := time.Now()
 	applyHostState(cfg, recv)
+	if cfg.WritableLayer == wire.LayerDisk {
+		// The zygote's data disk becomes the disk layer of the instance
+		// that claims it, whose start then finds the root made.
+		if err := mountUpper(cfg); err != nil {
+			logf("rehearse: %v", err)
+		} else {
+			rehearsedUpper.Store(true)
+		}
+	}
 	var app *launch
 	if root, err := openRootDir(newRoot); err == nil {
 		if err := setHostname(root, cfg.Hostname, cfg.Net); err != nil {

@@ -35,6 +35,7 @@ type zygote struct {
 	vm      vmm.VM
 	ctl     net.Conn // flick-init's channel, dialled before the restore resumed
 	console string
+	data    string // its data disk, a disk-layer instance's from the claim
 	tap     string // its TAP, plugged into the instance's network at claim
 	// net is the address held for it (Networks.Reserve), which its link
 	// is set up with: the instance that claims it on that network takes
@@ -165,6 +166,7 @@ func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config, network string) (
 	}
 	z.console = filepath.Join(z.dir, "console.log")
 	data := filepath.Join(z.dir, "data.ext4")
+	z.data = data
 	if err := fsutil.CopySparse(m.template, data, false); err != nil {
 		_ = os.RemoveAll(z.dir)
 		return nil, err

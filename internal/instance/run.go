@@ -321,16 +321,17 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			tap.Close()
 		}
 	}()
-	// A zygote of the snapshot is the fastest start; only a layer in
-	// memory can use one, as its data disk is not the instance's. One
-	// that is claimed but never handed to a boot is ended.
-	// (An instance standing by resumes from its own state, a clone from
-	// its parent's: neither uses a zygote.)
+	// A zygote of the snapshot is the fastest start. A layer in memory
+	// can always use one; a disk layer only on the instance's first start,
+	// when the zygote's data disk, a fresh one like the instance's would
+	// be, becomes the instance's. One that is claimed but never handed to
+	// a boot is ended. (An instance standing by resumes from its own
+	// state, a clone from its parent's: neither uses a zygote.)
 	in.mu.Lock()
 	cloning := in.clone != nil
 	in.mu.Unlock()
 	var zyg *zygote
-	if restore != nil && gc.WritableLayer == wire.LayerMemory && !cloning && !fileExists(in.standbyPath()) {
+	if restore != nil && (gc.WritableLayer == wire.LayerMemory || !fileExists(dataDisk)) && !cloning && !fileExists(in.standbyPath()) {
 		zyg = m.claimZygote(snapKey)
 	}
 	zygHanded := false
@@ -539,7 +540,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	m.wg.Add(1)
 	go m.monitor(in, r, logs)
 	m.watchIdle(in, r)
-	if snapKey != "" && gc.WritableLayer == wire.LayerMemory {
+	if snapKey != "" {
 		// The snapshot is in use (restored, or saved by this start): keep
 		// zygotes of it ready. It was checked on the way in; a zygote that
 		// fails to restore is dropped by fillPool.
@@ -1002,6 +1003,15 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	b.spec.KeepRAM = b.snapKey != ""
 	var vm vmm.VM
 	if z := b.zygote; z != nil {
+		if b.config.WritableLayer == wire.LayerDisk {
+			// Its data disk is the instance's disk layer from now on
+			// (QEMU keeps it open); not in the run directory, which
+			// goes when the instance stops.
+			if err := moveNew(z.data, b.spec.Disks[1].Path); err != nil {
+				z.discard()
+				return nil, nil, t, fmt.Errorf("the zygote's data disk: %w", err)
+			}
+		}
 		// The zygote's run directory and console become the instance's.
 		if err := os.RemoveAll(b.spec.Dir); err != nil {
 			z.discard()
@@ -1215,6 +1225,14 @@ func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error
 	}
 	m.log.Info("boot snapshot saved", "snapshot", b.snapKey, "image", b.digest)
 	return nil
+}
+
+// moveNew renames from to to, which must not exist yet.
+func moveNew(from, to string) error {
+	if err := os.Link(from, to); err != nil {
+		return err
+	}
+	return os.Remove(from)
 }
 
 func fileExists(path string) bool {
