@@ -30,7 +30,7 @@ func main() {
 	flag.DurationVar(&cfg.BootTimeout, "boot-timeout", 30*time.Second, "how long a guest may take to start its app")
 	flag.BoolVar(&cfg.NoSnapshots, "no-snapshots", false, "boot every instance cold: take and restore no boot snapshots")
 	flag.IntVar(&cfg.BootSlots, "boot-slots", 0, "VMs that may be starting at once, further starts queue (default twice the CPUs)")
-	flag.IntVar(&cfg.PoolSize, "pool-size", 1, "zygotes (VMs restored ahead of time, idle) to keep per boot snapshot in use, for starts with a layer in memory, unless the image's label flick.pool says otherwise; 0 for none")
+	flag.IntVar(&cfg.PoolSize, "pool-size", 1, "zygotes (VMs restored ahead of time, idle) to keep per boot snapshot in use, for starts with a layer in memory and first starts with a disk layer, unless the image's label flick.pool says otherwise; 0 for none")
 	flag.DurationVar(&cfg.HotStandby, "hot-standby", time.Minute, "how long a standing-by instance keeps its VMM paused, with its memory, after the save: a resume within it takes milliseconds; 0 frees the memory at once")
 	flag.IntVar(&cfg.PoolSnapshots, "pool-images", 4, "boot snapshots (the most recently started) that keep zygotes; the zygotes of others are ended")
 	flag.BoolVar(&cfg.NoNetwork, "no-network", false, "give instances loopback only: no bridge, NAT, published ports or DNS")

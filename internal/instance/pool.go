@@ -21,8 +21,9 @@ import (
 // Zygotes. Restoring a boot snapshot costs a VMM spawn and a device-state
 // load on the start's path. A zygote is a VM restored from a boot snapshot
 // ahead of time and left running in flick-init, which waits for its config:
-// a start of the snapshot's image (with a layer in memory) claims one and
-// only sends its config. The pool keeps PoolSize zygotes (or the image's
+// a start of the snapshot's image (with a layer in memory, or the first
+// start of an instance with a disk layer, which takes the zygote's data
+// disk as its own) claims one and only sends its config. The pool keeps PoolSize zygotes (or the image's
 // flick.pool) per snapshot, for the PoolSnapshots snapshots started most
 // recently, refilling in the background after each claim; the zygotes of a
 // snapshot that falls out of that set are ended. They live in Root/pool and
