@@ -362,7 +362,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 
 	spec.Dir, spec.GuestConfig, spec.ConsoleLog, spec.NIC = rec.RunDir, cfgPath, in.consolePath(), nic
-	b := bootPlan{spec: spec, config: gc, digest: img.Digest, snapIn: snapIn}
+	b := bootPlan{spec: spec, config: gc, snapIn: snapIn}
 	// An instance standing by resumes from its own saved state; a clone
 	// starts from its parent's.
 	resume := ""
@@ -959,10 +959,9 @@ var errGuestFailed = errors.New("guest failed")
 type bootPlan struct {
 	spec    vmm.Spec
 	config  wire.Config   // the instance's config
-	digest  string        // the image's
 	restore *bootSnapshot // restore this instead of booting
 	snapKey string        // save a boot snapshot under this key
-	snapIn  snapInputs    // and these inputs of it
+	snapIn  snapInputs    // the snapshot key's inputs from this start, the image's digest among them
 	zygote  *zygote       // a VM already restored from restore, to claim
 	resume  string        // the instance's standby state to resume from
 	clone   *vmm.Snapshot // a fork snapshot of a running VM to restore, as a clone
@@ -1223,7 +1222,7 @@ func (m *Manager) saveSnapshot(ctx context.Context, vm vmm.VM, b bootPlan) error
 		_ = os.RemoveAll(tmp)
 		return err
 	}
-	m.log.Info("boot snapshot saved", "snapshot", b.snapKey, "image", b.digest)
+	m.log.Info("boot snapshot saved", "snapshot", b.snapKey, "image", b.snapIn.Digest)
 	return nil
 }
 

@@ -65,8 +65,7 @@ func (m *Manager) snapDir() string { return filepath.Join(m.cfg.Root, "snapshots
 // change to one of them, or to the daemon's initrd, kernel command line or
 // VMM, needs a new boot.
 func (m *Manager) snapKey(in snapInputs) (string, error) {
-	kernel, digest, layer, memMiB, cpus, accel, cmdline, nic := in.Kernel, in.Digest, in.Layer, in.MemMiB, in.CPUs, in.Accel, m.cfg.Cmdline(in.Accel), in.NIC
-	ki, err := os.Stat(kernel)
+	ki, err := os.Stat(in.Kernel)
 	if err != nil {
 		return "", err
 	}
@@ -76,8 +75,8 @@ func (m *Manager) snapKey(in snapInputs) (string, error) {
 	}
 	h := sha256.New()
 	fmt.Fprintf(h, "v2\nkernel %s %d %d\ninit %s %d %d\nimage %s layer %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\nnic %t\n",
-		kernel, ki.Size(), ki.ModTime().UnixNano(), m.cfg.Initrd, ii.Size(), ii.ModTime().UnixNano(),
-		digest, layer, memMiB, cpus, accel, cmdline, m.cfg.SnapshotTag, nic)
+		in.Kernel, ki.Size(), ki.ModTime().UnixNano(), m.cfg.Initrd, ii.Size(), ii.ModTime().UnixNano(),
+		in.Digest, in.Layer, in.MemMiB, in.CPUs, in.Accel, m.cfg.Cmdline(in.Accel), m.cfg.SnapshotTag, in.NIC)
 	return hex.EncodeToString(h.Sum(nil))[:24], nil
 }
 
