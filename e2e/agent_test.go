@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 	"os"
 	"os/exec"
@@ -251,8 +252,19 @@ func TestCp(t *testing.T) {
 	must(os.Symlink("index.html", filepath.Join(src, "home.html")))
 	mtime := time.Date(2020, 1, 1, 0, 0, 0, 0, time.UTC)
 	must(os.Chtimes(filepath.Join(src, "index.html"), mtime, mtime))
+	// Big enough for the agent's direct writes, with a tail that is not
+	// a whole block.
+	big := make([]byte, 5<<20+123)
+	for i := range big {
+		big[i] = byte(i*7 + i>>12)
+	}
+	must(os.WriteFile(filepath.Join(src, "big.bin"), big, 0o644))
+	bigSum := fmt.Sprintf("%x  /tmp/site/big.bin\n", sha256.Sum256(big))
 
 	e.must("cp", src, "box:/tmp/")
+	if r := e.must("exec", "box", "sh", "-c", "sha256sum /tmp/site/big.bin"); r.stdout != bigSum {
+		t.Errorf("a 5 MiB file copied in reads back as %q, want %q", r.stdout, bigSum)
+	}
 	r := e.must("exec", "box", "sh", "-c", "stat -c '%a %Y' /tmp/site/index.html; readlink /tmp/site/home.html; /tmp/site/sub/run.sh; stat -c %a /tmp/site/sub")
 	if want := fmt.Sprintf("640 %d\nindex.html\nran\n750\n", mtime.Unix()); r.stdout != want {
 		t.Errorf("after cp in, the guest shows %q, want %q", r.stdout, want)
@@ -267,7 +279,7 @@ func TestCp(t *testing.T) {
 	e.must("exec", "box", "sh", "-c", "echo log line > /tmp/site/app.log")
 	back := filepath.Join(t.TempDir(), "back")
 	e.must("cp", "box:/tmp/site", back)
-	for name, want := range map[string]string{"index.html": "<h1>hi</h1>\n", "app.log": "log line\n", "sub/run.sh": "#!/bin/sh\necho ran\n"} {
+	for name, want := range map[string]string{"big.bin": string(big), "index.html": "<h1>hi</h1>\n", "app.log": "log line\n", "sub/run.sh": "#!/bin/sh\necho ran\n"} {
 		b, err := os.ReadFile(filepath.Join(back, name))
 		if err != nil || string(b) != want {
 			t.Errorf("cp out: %s = %q (%v), want %q", name, b, err, want)

@@ -75,7 +75,7 @@ func (a *agent) archiveGet(st net.Conn, p string) {
 	if p == "/" {
 		name = "."
 	}
-	if err := tarx.Create(st, p, name); err != nil {
+	if err := tarx.CreateDirect(st, p, name); err != nil {
 		logf("agent: archive %s: %v", p, err)
 		// Ending the stream early leaves the host a truncated tar, which
 		// its reader reports.
@@ -94,7 +94,7 @@ func (a *agent) archivePut(st net.Conn, p string) {
 	case !fi.IsDir():
 		sendResult(st, wire.Result{Status: 400, Error: fmt.Sprintf("%s is not a directory in the instance", p)})
 	default:
-		if err := tarx.Extract(p, st); err != nil {
+		if err := tarx.ExtractDirect(p, st); err != nil {
 			sendResult(st, wire.Result{Status: 400, Error: fmt.Sprintf("copy into %s: %v", p, err)})
 		} else {
 			sendResult(st, wire.Result{})

@@ -52,12 +52,25 @@ func Flatten(dest string, layers ...io.Reader) error {
 // (chown failing with EPERM) leave the files owned by the caller, as tar
 // does for a user who is not root.
 func Extract(dest string, r io.Reader) error {
+	return extract(dest, r, false)
+}
+
+// ExtractDirect is Extract for a guest, where the page cache's work falls
+// on the vCPU that also receives the stream: files of 1 MiB and more are
+// written around it with O_DIRECT, where the filesystem allows that. Under
+// TCG a direct write of 100 MiB to ext4 took a fifth of the time of a
+// buffered one.
+func ExtractDirect(dest string, r io.Reader) error {
+	return extract(dest, r, true)
+}
+
+func extract(dest string, r io.Reader, direct bool) error {
 	rootFD, err := unix.Open(dest, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("extract into %s: %w", dest, err)
 	}
 	defer unix.Close(rootFD)
-	f := &flattener{root: rootFD, dirs: map[string]*tar.Header{}, lenientOwner: true}
+	f := &flattener{root: rootFD, dirs: map[string]*tar.Header{}, lenientOwner: true, direct: direct}
 	if err := f.layer(r); err != nil {
 		return err
 	}
@@ -70,6 +83,9 @@ type flattener struct {
 	whiteouts bool
 	// lenientOwner ignores EPERM from chown.
 	lenientOwner bool
+	// direct writes big files with O_DIRECT, through buf.
+	direct bool
+	buf    directBuf
 	// dirs holds the header of every directory entry seen, applied once all
 	// layers are in so that later writes do not disturb directory mtimes.
 	dirs map[string]*tar.Header
@@ -202,7 +218,12 @@ func (f *flattener) create(parent int, p, base string, hdr *tar.Header, r io.Rea
 		}
 		file := os.NewFile(uintptr(fd), base)
 		defer file.Close()
-		if _, err := io.Copy(file, r); err != nil {
+		if f.direct && hdr.Size >= directMin {
+			err = copyDirect(fd, r, &f.buf)
+		} else {
+			_, err = io.Copy(file, r)
+		}
+		if err != nil {
 			return err
 		}
 		if err := setXattrs(fd, hdr); err != nil {

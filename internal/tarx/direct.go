@@ -1,0 +1,152 @@
+package tarx
+
+import (
+	"errors"
+	"io"
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	// directMin is the size from which ExtractDirect writes a file
+	// around the page cache.
+	directMin = 1 << 20
+	// directAlign is the alignment of O_DIRECT buffers and lengths: a
+	// page, which covers every logical block size up to it.
+	directAlign = 4096
+	// directChunk is how much one write hands the device.
+	directChunk = 4 << 20
+)
+
+// directBuf is an aligned buffer for O_DIRECT writes, made on first use
+// and kept for the next files of the same stream.
+type directBuf []byte
+
+func (b *directBuf) get() []byte {
+	if *b == nil {
+		raw := make([]byte, directChunk+directAlign)
+		off := int(-uintptr(unsafe.Pointer(&raw[0])) & (directAlign - 1))
+		*b = raw[off : off+directChunk]
+	}
+	return *b
+}
+
+// copyDirect writes r to the empty file fd with O_DIRECT, a chunk at a
+// time, and the unaligned tail through the page cache. A filesystem that
+// takes no direct writes (tmpfs refuses the flag) gets them all through
+// the page cache.
+func copyDirect(fd int, r io.Reader, buf *directBuf) error {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return err
+	}
+	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_DIRECT)
+	direct := err == nil
+	buffered := func() error {
+		if !direct {
+			return nil
+		}
+		direct = false
+		_, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
+		return err
+	}
+	b := buf.get()
+	for {
+		n, rerr := fill(r, b)
+		aligned := n &^ (directAlign - 1)
+		err := writeAll(fd, b[:aligned])
+		if errors.Is(err, unix.EINVAL) && direct {
+			// Accepted the flag but not the write: nothing was written.
+			if err = buffered(); err == nil {
+				err = writeAll(fd, b[:aligned])
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if rerr == nil {
+			continue // b was filled, so it was all aligned
+		}
+		// The tail, if any, goes through the page cache: a direct write
+		// must be a whole number of blocks.
+		if err := buffered(); err != nil {
+			return err
+		}
+		if err := writeAll(fd, b[aligned:n]); err != nil {
+			return err
+		}
+		if errors.Is(rerr, io.EOF) {
+			return nil
+		}
+		return rerr
+	}
+}
+
+// fill reads into b until it is full or r fails; io.EOF comes back as is.
+func fill(r io.Reader, b []byte) (int, error) {
+	n := 0
+	for n < len(b) {
+		m, err := r.Read(b[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func writeAll(fd int, b []byte) error {
+	for len(b) > 0 {
+		n, err := unix.Write(fd, b)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return io.ErrShortWrite
+		}
+		b = b[n:]
+	}
+	return nil
+}
+
+// readDirect copies up to size bytes of f to w in reads of all of b, whose
+// length is aligned as O_DIRECT needs; the last read comes back short at
+// the end of the file. A file that refuses the direct read is read through
+// the page cache instead.
+func readDirect(w io.Writer, f *os.File, size int64, b []byte) (int64, error) {
+	var n int64
+	for n < size {
+		m, err := f.Read(b)
+		if errors.Is(err, unix.EINVAL) && n == 0 {
+			if err := clearDirect(f); err != nil {
+				return 0, err
+			}
+			return io.CopyBuffer(w, io.LimitReader(f, size), b)
+		}
+		take := min(int64(m), size-n)
+		if _, werr := w.Write(b[:take]); werr != nil {
+			return n, werr
+		}
+		n += take
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func clearDirect(f *os.File) error {
+	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+	if err == nil {
+		_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl&^unix.O_DIRECT)
+	}
+	return err
+}
