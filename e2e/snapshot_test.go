@@ -85,6 +85,40 @@ func TestBootSnapshot(t *testing.T) {
 	}
 }
 
+// TestRestoreNetwork: a start that restores the boot snapshot itself (no
+// zygote) finds the link that the snapshot's boot brought up with a
+// stand-in address, and leaves it with the instance's own: MAC, address and
+// default route, with the host's side answering. For both layers.
+func TestRestoreNetwork(t *testing.T) {
+	e := newEnv(t)
+	e.restartWith("--pool-size", "0")
+	e.load(testenv.BusyboxImage(t), busybox)
+	for _, layer := range []string{"memory", "disk"} {
+		e.must("run", "--rm", "--layer", layer, busybox, "true") // takes the snapshot
+		name := "r-" + layer
+		e.must("run", "-d", "--layer", layer, "--name", name, busybox, "sleep", "1000")
+		in, _ := e.inspect(name)
+		if in.StartMode != api.StartSnapshot {
+			t.Errorf("%s: start mode %q, want a restore of the boot snapshot", name, in.StartMode)
+		}
+		ip := net.ParseIP(in.IP).To4()
+		if ip == nil {
+			t.Fatalf("inspect %s: ip %q", name, in.IP)
+		}
+		mac := fmt.Sprintf("02:fc:%02x:%02x:%02x:%02x", ip[0], ip[1], ip[2], ip[3])
+		r := e.must("exec", name, "sh", "-c", "cat /sys/class/net/eth0/address /proc/net/fib_trie; ip route")
+		if !strings.HasPrefix(r.stdout, mac+"\n") || !strings.Contains(r.stdout, "|-- "+in.IP+"\n") || strings.Contains(r.stdout, "169.254.") {
+			t.Errorf("%s's link, want MAC %s and address %s only:\n%s", name, mac, in.IP, r.stdout)
+		}
+		_, route, _ := strings.Cut(r.stdout, "default via ")
+		gw, _, _ := strings.Cut(route, " ")
+		if net.ParseIP(gw) == nil {
+			t.Fatalf("%s has no default route:\n%s", name, r.stdout)
+		}
+		e.must("exec", name, "sh", "-c", "ping -c 1 -W 5 "+gw)
+	}
+}
+
 func TestZygotes(t *testing.T) {
 	e := newEnv(t)
 	e.load(testenv.BusyboxImage(t), busybox)

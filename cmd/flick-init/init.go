@@ -124,6 +124,13 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		if err := loopbackUp(); err != nil {
 			logf("%v", err)
 		}
+		if err := linkStandIn(); err != nil {
+			logf("%v", err)
+		}
+		warmApp(cfg)
+		if inMemory {
+			warmEtc()
+		}
 		ready()
 		layer := cfg.WritableLayer
 		m := <-hostConfig

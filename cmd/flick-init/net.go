@@ -26,6 +26,28 @@ func netUp(root rootDir, n *wire.Net) error {
 	return writeResolvConf(root, n)
 }
 
+// standInNet is the link-local network config that a link carries before
+// the host gives it one: in a boot snapshot and in a zygote's rehearsal.
+var standInNet = wire.Net{MAC: "02:fc:a9:fe:00:03", Address: "169.254.0.3/16", Gateway: "169.254.0.1", DNS: []string{"169.254.0.1"}}
+
+// linkStandIn brings the interface up, when the VM has one, with the
+// stand-in address and no route. A boot to snapshot does so before the
+// save: bringing virtio-net up (its receive ring filled) was the dearest
+// step of a start from the snapshot, 50-90 ms of first-time code under
+// TCG, while changing the address of a link that is up is cheap.
+func linkStandIn() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("network: %w", err)
+	}
+	has := ifExists(fd, "eth0") || firstInterface() != ""
+	unix.Close(fd)
+	if !has {
+		return nil
+	}
+	return linkUp(&wire.Net{Address: standInNet.Address})
+}
+
 // linkUp configures the interface and the default route.
 func linkUp(n *wire.Net) error {
 	prefix, err := netip.ParsePrefix(n.Address)

@@ -419,9 +419,18 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			b.snapKey = snapKey
 			b.spec.GuestConfig = cfgPath
 			b.spec.Restore = nil
+			// The app's command, user and environment let the guest
+			// read the app into the page cache before the save.
 			boot := wire.Config{
-				AwaitConfig: true, RootDevice: gc.RootDevice, RootFSType: gc.RootFSType, DataDevice: gc.DataDevice,
+				AwaitConfig:   true,
+				RootDevice:    gc.RootDevice,
+				RootFSType:    gc.RootFSType,
+				DataDevice:    gc.DataDevice,
 				WritableLayer: gc.WritableLayer,
+				Args:          gc.Args,
+				Env:           gc.Env,
+				User:          gc.User,
+				WorkingDir:    gc.WorkingDir,
 			}
 			if err := writeConfig(boot); err != nil {
 				return fail(err)
