@@ -23,7 +23,7 @@ func TestBootSnapshot(t *testing.T) {
 	snaps := filepath.Join(e.root, "snapshots")
 
 	// The first start boots cold and leaves the snapshot.
-	e.must("run", "-d", "--name", "first", busybox, "sleep", "1000")
+	e.must("run", "-d", "--name", "first", "-e", "TOKEN=first-secret", busybox, "sleep", "1000")
 	first, _ := e.inspect("first")
 	if first.StartMode != api.StartCold || first.Phases[api.PhaseSnapshot] <= 0 {
 		t.Fatalf("first start: mode %q, phases %v; want cold with a snapshot phase", first.StartMode, first.Phases)
@@ -53,6 +53,11 @@ func TestBootSnapshot(t *testing.T) {
 			t.Errorf("%s: guest clock %s is not the host's %d", name, f[2], time.Now().Unix())
 		}
 		random = append(random, rnd)
+		// The snapshot's boot config, which a restored guest can
+		// read, holds nothing of the start that booted it.
+		if r := e.must("exec", name, "cat", "/sys/firmware/qemu_fw_cfg/by_name/opt/flick/config/raw"); strings.Contains(r.stdout, "first-secret") || !strings.Contains(r.stdout, `"await_config":true`) {
+			t.Errorf("%s: its fw_cfg config is %q: want the boot snapshot's, without the first start's env", name, r.stdout)
+		}
 	}
 	if len(random) == 2 && random[0] == random[1] {
 		t.Error("two restores of one snapshot read the same bytes from /dev/urandom")

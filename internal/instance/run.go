@@ -419,18 +419,21 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			b.snapKey = snapKey
 			b.spec.GuestConfig = cfgPath
 			b.spec.Restore = nil
-			// The app's command, user and environment let the guest
-			// read the app into the page cache before the save.
+			// The image's own command, user, working directory and
+			// PATH let the guest read its app into the page cache
+			// before the save. Never this instance's: every start
+			// from the snapshot can read this config (fw_cfg).
+			imgArgs, _ := guestArgs(img.Config, api.InstanceConfig{})
 			boot := wire.Config{
 				AwaitConfig:   true,
 				RootDevice:    gc.RootDevice,
 				RootFSType:    gc.RootFSType,
 				DataDevice:    gc.DataDevice,
 				WritableLayer: gc.WritableLayer,
-				Args:          gc.Args,
-				Env:           gc.Env,
-				User:          gc.User,
-				WorkingDir:    gc.WorkingDir,
+				Args:          imgArgs,
+				Env:           pathOnly(img.Config.Env),
+				User:          img.Config.User,
+				WorkingDir:    img.Config.WorkingDir,
 			}
 			if err := writeConfig(boot); err != nil {
 				return fail(err)
@@ -940,6 +943,16 @@ func firstNonEmpty(s ...string) string {
 		}
 	}
 	return ""
+}
+
+// pathOnly keeps the PATH of env, if it has one.
+func pathOnly(env []string) []string {
+	for _, e := range env {
+		if strings.HasPrefix(e, "PATH=") {
+			return []string{e}
+		}
+	}
+	return nil
 }
 
 // guestArgs resolves the command line as Docker does: --entrypoint
