@@ -29,8 +29,8 @@ func prefetch(root rootDir, path string) {
 	}
 }
 
-// warmApp reads the app that a boot to snapshot names (the command of
-// the start that booted it, most often the image's) into the page cache,
+// warmApp reads the app that a boot to snapshot names (the image's own
+// command, which most starts run) into the page cache,
 // with the accounts and directories found on the way: the snapshot keeps
 // them, so a start from it execs without reading the image's disk.
 func warmApp(cfg wire.Config) {

@@ -25,8 +25,8 @@ func Create(w io.Writer, src, name string) error {
 
 // CreateDirect is Create for a guest: files of 1 MiB and more are read
 // around the page cache with O_DIRECT where the filesystem allows that.
-// Under TCG a direct read of 100 MiB from ext4 took a fifth of the time of
-// a buffered one, and a tenth of the time with the file uncached.
+// Under TCG a direct read of 100 MiB from ext4 took 0.06 s, against 0.22 s
+// from the page cache and 0.59 s from the disk through it.
 func CreateDirect(w io.Writer, src, name string) error {
 	return create(w, src, name, true)
 }

@@ -10,18 +10,18 @@ import (
 )
 
 const (
-	// directMin is the size from which ExtractDirect writes a file
-	// around the page cache.
+	// directMin is the size from which ExtractDirect writes a file, and
+	// CreateDirect reads one, around the page cache.
 	directMin = 1 << 20
 	// directAlign is the alignment of O_DIRECT buffers and lengths: a
 	// page, which covers every logical block size up to it.
 	directAlign = 4096
-	// directChunk is how much one write hands the device.
+	// directChunk is how much one write or read hands the device.
 	directChunk = 4 << 20
 )
 
-// directBuf is an aligned buffer for O_DIRECT writes, made on first use
-// and kept for the next files of the same stream.
+// directBuf is an aligned buffer for O_DIRECT writes and reads, made on
+// first use and kept for the next files of the same stream.
 type directBuf []byte
 
 func (b *directBuf) get() []byte {
