@@ -12,6 +12,7 @@ import (
 	"github.com/flick-vm/flick/api"
 	"github.com/flick-vm/flick/internal/errdefs"
 	"github.com/flick-vm/flick/internal/fsutil"
+	"github.com/flick-vm/flick/internal/guest/wire"
 )
 
 func TestGuestArgs(t *testing.T) {
@@ -187,5 +188,33 @@ func TestKernelForCPUs(t *testing.T) {
 				t.Errorf("kernel = %s, want %s", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestImageOnly(t *testing.T) {
+	img := api.ImageConfig{
+		Entrypoint: []string{"/app"}, Cmd: []string{"serve"},
+		Env:  []string{"LANG=C", "PATH=/opt/bin:/bin"},
+		User: "app", WorkingDir: "/srv",
+	}
+	net := &wire.Net{Address: "10.77.0.9/16"}
+	c := wire.Config{
+		ID: "0123", Hostname: "web", Args: []string{"/app", "--token=s3cret"},
+		Env: []string{"PATH=/bin", "TOKEN=s3cret"}, User: "root", WorkingDir: "/tmp",
+		RootDevice: "root", RootFSType: "erofs", DataDevice: "data", WritableLayer: wire.LayerMemory,
+		NoAgent: true, Net: net,
+	}
+	got := imageOnly(c, img)
+	want := wire.Config{
+		Args: []string{"/app", "serve"}, Env: []string{"PATH=/opt/bin:/bin"}, User: "app", WorkingDir: "/srv",
+		RootDevice: "root", RootFSType: "erofs", DataDevice: "data", WritableLayer: wire.LayerMemory,
+		NoAgent: true, Net: net,
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("imageOnly =\n%+v\nwant\n%+v", got, want)
+	}
+	// An image with no command and no PATH gives none.
+	if got := imageOnly(c, api.ImageConfig{}); got.Args != nil || got.Env != nil || got.User != "" {
+		t.Errorf("imageOnly of an empty image config: args %q env %q user %q", got.Args, got.Env, got.User)
 	}
 }

@@ -423,17 +423,17 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			// PATH let the guest read its app into the page cache
 			// before the save. Never this instance's: every start
 			// from the snapshot can read this config (fw_cfg).
-			imgArgs, _ := guestArgs(img.Config, api.InstanceConfig{})
+			app := imageOnly(gc, img.Config)
 			boot := wire.Config{
 				AwaitConfig:   true,
 				RootDevice:    gc.RootDevice,
 				RootFSType:    gc.RootFSType,
 				DataDevice:    gc.DataDevice,
 				WritableLayer: gc.WritableLayer,
-				Args:          imgArgs,
-				Env:           pathOnly(img.Config.Env),
-				User:          img.Config.User,
-				WorkingDir:    img.Config.WorkingDir,
+				Args:          app.Args,
+				Env:           app.Env,
+				User:          app.User,
+				WorkingDir:    app.WorkingDir,
 			}
 			if err := writeConfig(boot); err != nil {
 				return fail(err)
@@ -570,7 +570,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			if img.Config.Pool != nil {
 				size = *img.Config.Pool
 			}
-			m.fillPool(snapKey, size, spec, gc, rec.Config.Network)
+			m.fillPool(snapKey, size, spec, imageOnly(gc, img.Config), rec.Config.Network)
 		}
 	}
 	return m.view(in), nil
@@ -945,14 +945,22 @@ func firstNonEmpty(s ...string) string {
 	return ""
 }
 
-// pathOnly keeps the PATH of env, if it has one.
-func pathOnly(env []string) []string {
-	for _, e := range env {
+// imageOnly is the guest config c with what belongs to its instance (id,
+// name, command, env, user, working directory) replaced by its image's: of
+// the env only the PATH. Boot snapshots and zygotes are given their config
+// so, because whatever a guest is given stays in its memory (and a boot
+// snapshot's in its fw_cfg item), which every later start inherits.
+func imageOnly(c wire.Config, img api.ImageConfig) wire.Config {
+	c.ID, c.Hostname = "", ""
+	c.Args, _ = guestArgs(img, api.InstanceConfig{})
+	c.Env = nil
+	for _, e := range img.Env {
 		if strings.HasPrefix(e, "PATH=") {
-			return []string{e}
+			c.Env = []string{e}
 		}
 	}
-	return nil
+	c.User, c.WorkingDir = img.User, img.WorkingDir
+	return c
 }
 
 // guestArgs resolves the command line as Docker does: --entrypoint
