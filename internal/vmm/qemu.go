@@ -283,6 +283,17 @@ func (v *qemuVM) incoming(ctx context.Context, snap Snapshot, fd int) error {
 	if _, err := v.qmp.Execute(ctx, "migrate-set-capabilities", ignoreShared(snap.RAM != "")); err != nil {
 		return err
 	}
+	// No announce after the load. QEMU would broadcast RARPs from the
+	// MAC in the snapshot's device state (the VM that was saved, which
+	// may still run) and have the guest send gratuitous ARPs for the
+	// address it had then: five rounds each, which every VM on the
+	// bridge receives and its guest handles, and which point the
+	// bridge's entry for that MAC at this VM's TAP. A guest gets its own
+	// MAC and address from its config, and the bridge learns them from
+	// its first frame.
+	if _, err := v.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"announce-rounds": 0}); err != nil {
+		return err
+	}
 	if _, err := v.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:" + strconv.Itoa(fd)}); err != nil {
 		return err
 	}
