@@ -159,5 +159,8 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 		a.wait()
 		break
 	}
+	if app != nil {
+		rehearsedTarget.Store(app.target)
+	}
 	p.event(wire.Event{Kind: wire.EventRehearsed, Message: time.Since(t0).String()})
 }
