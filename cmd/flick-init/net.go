@@ -26,9 +26,9 @@ func netUp(root rootDir, n *wire.Net) error {
 	return writeResolvConf(root, n)
 }
 
-// standInNet is the link-local network config that a link carries before
-// the host gives it one: in a boot snapshot and in a zygote's rehearsal.
-var standInNet = wire.Net{MAC: "02:fc:a9:fe:00:03", Address: "169.254.0.3/16", Gateway: "169.254.0.1", DNS: []string{"169.254.0.1"}}
+// standInAddress is the link-local address that a boot snapshot's link
+// carries until the host gives it one.
+const standInAddress = "169.254.0.3/16"
 
 // linkStandIn brings the interface up, when the VM has one, with the
 // stand-in address and no route. A boot to snapshot does so before the
@@ -45,7 +45,7 @@ func linkStandIn() error {
 	if !has {
 		return nil
 	}
-	return linkUp(&wire.Net{Address: standInNet.Address})
+	return linkUp(&wire.Net{Address: standInAddress})
 }
 
 // linkUp configures the interface and the default route.

@@ -113,15 +113,11 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 		}
 		if cfg.Net != nil {
 			// The host gives the address held for the zygote, or a
-			// link-local stand-in; its TAP is on no bridge yet. A
-			// stand-in of our own goes first, so that the host's
-			// goes through the paths that replace an address, as a
-			// start's does when its address is another.
-			standIn := standInNet
-			standIn.Search = cfg.Net.Search
-			if err := netUp(root, &standIn); err != nil {
-				logf("rehearse: %v", err)
-			}
+			// link-local stand-in; its TAP is on no bridge yet. The
+			// boot snapshot left the link on a stand-in of its own
+			// (linkStandIn), so the host's goes through the paths
+			// that replace an address, as a start's does when its
+			// address is another.
 			if err := netUp(root, cfg.Net); err != nil {
 				logf("rehearse: %v", err)
 			} else {

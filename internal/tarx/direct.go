@@ -33,34 +33,28 @@ func (b *directBuf) get() []byte {
 	return *b
 }
 
-// copyDirect writes r to the empty file fd with O_DIRECT, a chunk at a
+// copyDirect writes r to the empty file f with O_DIRECT, a chunk at a
 // time, and the unaligned tail through the page cache. A filesystem that
 // takes no direct writes (tmpfs refuses the flag) gets them all through
 // the page cache.
-func copyDirect(fd int, r io.Reader, buf *directBuf) error {
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return err
-	}
-	_, err = unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_DIRECT)
-	direct := err == nil
+func copyDirect(f *os.File, r io.Reader, buf *directBuf) error {
+	direct := setDirect(f, true) == nil
 	buffered := func() error {
 		if !direct {
 			return nil
 		}
 		direct = false
-		_, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl)
-		return err
+		return setDirect(f, false)
 	}
 	b := buf.get()
 	for {
 		n, rerr := fill(r, b)
 		aligned := n &^ (directAlign - 1)
-		err := writeAll(fd, b[:aligned])
+		_, err := f.Write(b[:aligned])
 		if errors.Is(err, unix.EINVAL) && direct {
 			// Accepted the flag but not the write: nothing was written.
 			if err = buffered(); err == nil {
-				err = writeAll(fd, b[:aligned])
+				_, err = f.Write(b[:aligned])
 			}
 		}
 		if err != nil {
@@ -74,7 +68,7 @@ func copyDirect(fd int, r io.Reader, buf *directBuf) error {
 		if err := buffered(); err != nil {
 			return err
 		}
-		if err := writeAll(fd, b[aligned:n]); err != nil {
+		if _, err := f.Write(b[aligned:n]); err != nil {
 			return err
 		}
 		if errors.Is(rerr, io.EOF) {
@@ -97,23 +91,6 @@ func fill(r io.Reader, b []byte) (int, error) {
 	return n, nil
 }
 
-func writeAll(fd int, b []byte) error {
-	for len(b) > 0 {
-		n, err := unix.Write(fd, b)
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return io.ErrShortWrite
-		}
-		b = b[n:]
-	}
-	return nil
-}
-
 // readDirect copies up to size bytes of f to w in reads of all of b, whose
 // length is aligned as O_DIRECT needs; the last read comes back short at
 // the end of the file. A file that refuses the direct read is read through
@@ -123,7 +100,7 @@ func readDirect(w io.Writer, f *os.File, size int64, b []byte) (int64, error) {
 	for n < size {
 		m, err := f.Read(b)
 		if errors.Is(err, unix.EINVAL) && n == 0 {
-			if err := clearDirect(f); err != nil {
+			if err := setDirect(f, false); err != nil {
 				return 0, err
 			}
 			return io.CopyBuffer(w, io.LimitReader(f, size), b)
@@ -143,10 +120,17 @@ func readDirect(w io.Writer, f *os.File, size int64, b []byte) (int64, error) {
 	return n, nil
 }
 
-func clearDirect(f *os.File) error {
+// setDirect turns O_DIRECT on or off for f.
+func setDirect(f *os.File, on bool) error {
 	fl, err := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
-	if err == nil {
-		_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl&^unix.O_DIRECT)
+	if err != nil {
+		return err
 	}
+	if on {
+		fl |= unix.O_DIRECT
+	} else {
+		fl &^= unix.O_DIRECT
+	}
+	_, err = unix.FcntlInt(f.Fd(), unix.F_SETFL, fl)
 	return err
 }

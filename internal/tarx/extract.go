@@ -219,7 +219,7 @@ func (f *flattener) create(parent int, p, base string, hdr *tar.Header, r io.Rea
 		file := os.NewFile(uintptr(fd), base)
 		defer file.Close()
 		if f.direct && hdr.Size >= directMin {
-			err = copyDirect(fd, r, &f.buf)
+			err = copyDirect(file, r, &f.buf)
 		} else {
 			_, err = io.Copy(file, r)
 		}
