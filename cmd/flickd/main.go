@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -26,6 +27,10 @@ func main() {
 	flag.StringVar(&cfg.KernelSMP, "kernel-smp", "", "guest kernel for guests of more than one vCPU (default the kernel's -smp sibling, as make kernel builds it, else --kernel)")
 	flag.StringVar(&cfg.Init, "init", defaultInit(), "flick-init binary, the guest's PID 1")
 	flag.StringVar(&cfg.QEMU, "qemu", "qemu-system-x86_64", "QEMU binary")
+	flag.Func("kernel-args", "parameters to append to the guest kernel's command line (space-separated; e.g. printk.time=1 initcall_debug); a change boots every image cold once", func(v string) error {
+		cfg.KernelArgs = append(cfg.KernelArgs, strings.Fields(v)...)
+		return nil
+	})
 	flag.StringVar(&cfg.TCGCPU, "tcg-cpu", vmm.DefaultTCGCPU, "QEMU CPU model for guests under TCG (e.g. max for every feature QEMU emulates)")
 	flag.DurationVar(&cfg.BootTimeout, "boot-timeout", 30*time.Second, "how long a guest may take to start its app")
 	flag.BoolVar(&cfg.NoSnapshots, "no-snapshots", false, "boot every instance cold: take and restore no boot snapshots")

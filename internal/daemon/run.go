@@ -24,13 +24,15 @@ import (
 
 // RunConfig is flickd's configuration.
 type RunConfig struct {
-	Root        string
-	Socket      string
-	Kernel      string
-	KernelSMP   string // for guests of more than one vCPU; empty: guest.SMPKernel(Kernel)
-	Init        string
-	QEMU        string
-	TCGCPU      string // QEMU CPU model under TCG
+	Root      string
+	Socket    string
+	Kernel    string
+	KernelSMP string // for guests of more than one vCPU; empty: guest.SMPKernel(Kernel)
+	Init      string
+	QEMU      string
+	TCGCPU    string // QEMU CPU model under TCG
+	// KernelArgs are appended to the guest kernel's command line.
+	KernelArgs  []string
 	BootTimeout time.Duration
 	// NoSnapshots turns boot snapshots off: every start boots cold.
 	NoSnapshots bool
@@ -128,7 +130,9 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	mgr, err = instance.New(ctx, instance.Config{
 		Root: cfg.Root, DB: db, Images: images, Driver: driver, Logger: log, Networks: networks,
 		Kernel: cfg.Kernel, KernelSMP: kernelSMP, Initrd: initrd,
-		Cmdline:       func(accel string) string { return guest.KernelCmdline(guest.CmdlineOptions{Accel: accel}) },
+		Cmdline: func(accel string) string {
+			return guest.KernelCmdline(guest.CmdlineOptions{Accel: accel, Extra: cfg.KernelArgs})
+		},
 		BootTimeout:   cfg.BootTimeout,
 		Snapshots:     !cfg.NoSnapshots,
 		SnapshotTag:   qv + " " + cfg.TCGCPU,
