@@ -177,19 +177,15 @@ func lookUpTarget(root rootDir, key targetKey) (*appTarget, error) {
 // startApp starts a planned app; an *execError means it could not be
 // executed.
 func startApp(p *port, l *launch) (*app, error) {
-	null, err := os.Open("/dev/null")
-	if err != nil {
-		return nil, err
+	std := readyStdio.Swap(nil)
+	if std == nil {
+		var err error
+		if std, err = newStdio(); err != nil {
+			return nil, err
+		}
 	}
+	null, outR, outW, errR, errW := std.null, std.outR, std.outW, std.errR, std.errW
 	defer null.Close()
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	errR, errW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
 	p.event(wire.Event{Kind: wire.EventExec})
 
 	appMu.Lock()
@@ -230,6 +226,36 @@ func startApp(p *port, l *launch) (*app, error) {
 	go p.pump(wire.TypeStderr, errR, a.errDone)
 	return a, nil
 }
+
+// stdio is what an app's standard streams are made of: /dev/null for its
+// input and a pipe each for its output and errors.
+type stdio struct {
+	null, outR, outW, errR, errW *os.File
+}
+
+func newStdio() (*stdio, error) {
+	null, err := os.Open("/dev/null")
+	if err != nil {
+		return nil, err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		null.Close()
+		return nil, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		null.Close()
+		outR.Close()
+		outW.Close()
+		return nil, err
+	}
+	return &stdio{null, outR, outW, errR, errW}, nil
+}
+
+// readyStdio is made at the end of a zygote's rehearsal for the start that
+// claims it, which takes it: under TCG making them took that start 1-2 ms.
+var readyStdio atomic.Pointer[stdio]
 
 // wait waits for the app to exit and returns its exit code (128+signal
 // when killed) and signal. Orphans are reaped meanwhile by kids.

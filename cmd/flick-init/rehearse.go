@@ -158,5 +158,8 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 	if app != nil {
 		rehearsedTarget.Store(app.target)
 	}
+	if std, err := newStdio(); err == nil {
+		readyStdio.Store(std)
+	}
 	p.event(wire.Event{Kind: wire.EventRehearsed, Message: time.Since(t0).String()})
 }

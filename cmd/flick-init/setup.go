@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 
@@ -84,11 +85,10 @@ func applyHostState(cfg wire.Config, recv int64) {
 // reseed credits seed to the kernel's entropy pool and forces the CRNG to
 // reseed from it.
 func reseed(seed []byte) error {
-	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	f, err := urandom()
 	if err != nil {
 		return err
 	}
-	defer f.Close()
 	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
 	b := make([]byte, 8+len(seed))
 	binary.NativeEndian.PutUint32(b[0:], uint32(8*len(seed)))
@@ -102,6 +102,13 @@ func reseed(seed []byte) error {
 	}
 	return nil
 }
+
+// urandom is /dev/urandom, open for writing from the first reseed on: a
+// zygote's rehearsal opens it, and the start that claims the zygote does
+// not open it again.
+var urandom = sync.OnceValues(func() (*os.File, error) {
+	return os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+})
 
 // checkConfig validates the config flick-init is to run.
 func checkConfig(cfg wire.Config) error {
