@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -174,15 +175,27 @@ func TestZygotes(t *testing.T) {
 	}
 	// And the pool refills. (The claimed VM's command line still names
 	// the pool; it is told apart by its pid.)
-	idle := 0
-	waitFor(t, 30*time.Second, "the pool did not refill after a claim", func() bool {
-		for _, pid := range qemuUnder(pool) {
-			if pid != in.PID && e.logged(fmt.Sprintf("zygote ready.*pid=%d", pid)) {
-				idle = pid
+	refilled := func(not ...int) int {
+		idle := 0
+		waitFor(t, 30*time.Second, "the pool did not refill after a claim", func() bool {
+			for _, pid := range qemuUnder(pool) {
+				if !slices.Contains(not, pid) && e.logged(fmt.Sprintf("zygote ready.*pid=%d", pid)) {
+					idle = pid
+				}
 			}
-		}
-		return idle != 0
-	})
+			return idle != 0
+		})
+		return idle
+	}
+	idle := refilled(in.PID)
+
+	// A start that claims it streams its app's output and exit code
+	// through the /dev/null and pipes that the rehearsal made for it.
+	if r := e.run("run", "--rm", "--layer", "memory", busybox, "sh", "-c", "read x; echo out $x; echo err >&2; exit 3"); r.code != 3 || r.stdout != "out\n" || !strings.Contains(r.stderr, "err\n") {
+		t.Errorf("run --rm from a zygote: want exit 3, stdout \"out\\n\" and err on stderr:\n%s", r)
+	}
+	waitFor(t, 10*time.Second, "the run --rm did not claim the ready zygote", func() bool { return !alive(idle) })
+	idle = refilled(in.PID, idle)
 
 	// A daemon restart adopts the claimed zygote like any VM, and ends the
 	// idle one (the cleanup checks that none is left).

@@ -253,6 +253,12 @@ func newStdio() (*stdio, error) {
 	return &stdio{null, outR, outW, errR, errW}, nil
 }
 
+func (s *stdio) close() {
+	for _, f := range []*os.File{s.null, s.outR, s.outW, s.errR, s.errW} {
+		f.Close()
+	}
+}
+
 // readyStdio is made at the end of a zygote's rehearsal for the start that
 // claims it, which takes it: under TCG making them took that start 1-2 ms.
 var readyStdio atomic.Pointer[stdio]

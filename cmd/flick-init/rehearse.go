@@ -159,7 +159,9 @@ func rehearse(p *port, cfg wire.Config, recv int64) {
 		rehearsedTarget.Store(app.target)
 	}
 	if std, err := newStdio(); err == nil {
-		readyStdio.Store(std)
+		if old := readyStdio.Swap(std); old != nil {
+			old.close()
+		}
 	}
 	p.event(wire.Event{Kind: wire.EventRehearsed, Message: time.Since(t0).String()})
 }

@@ -103,12 +103,26 @@ func reseed(seed []byte) error {
 	return nil
 }
 
-// urandom is /dev/urandom, open for writing from the first reseed on: a
-// zygote's rehearsal opens it, and the start that claims the zygote does
-// not open it again.
-var urandom = sync.OnceValues(func() (*os.File, error) {
-	return os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
-})
+// urandom returns /dev/urandom open for writing, kept open from the first
+// reseed that opens it on: a zygote's rehearsal opens it, and the start
+// that claims the zygote does not open it again.
+func urandom() (*os.File, error) {
+	urandomFile.Lock()
+	defer urandomFile.Unlock()
+	if urandomFile.f == nil {
+		f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+		if err != nil {
+			return nil, err
+		}
+		urandomFile.f = f
+	}
+	return urandomFile.f, nil
+}
+
+var urandomFile struct {
+	sync.Mutex
+	f *os.File
+}
 
 // checkConfig validates the config flick-init is to run.
 func checkConfig(cfg wire.Config) error {
