@@ -7,7 +7,6 @@ import (
 	"testing"
 
 	"github.com/flick-vm/flick/internal/guest/wire"
-	"golang.org/x/sys/unix"
 )
 
 // TestPlanAppRehearsed: a start asking for what the rehearsal looked up
@@ -31,11 +30,7 @@ func TestPlanAppRehearsed(t *testing.T) {
 	if err := os.MkdirAll(filepath.Join(dir, "srv"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	root, err := openRootDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(root.fd)
+	root := openTestRoot(t, dir)
 	t.Cleanup(func() { rehearsedTarget.Store(nil) })
 
 	drill := wire.Config{Args: []string{"app"}, Env: []string{"PATH=/bin"}, User: "app", WorkingDir: "/srv"}

@@ -80,10 +80,7 @@ func TestLookPath(t *testing.T) {
 	if err := os.Symlink("../../../../../../usr/bin/env", filepath.Join(dir, "bin/env")); err != nil {
 		t.Fatal(err)
 	}
-	root, err := openRootDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := openTestRoot(t, dir)
 	for _, tc := range []struct {
 		name, arg, path, want string
 		wantCode              int
