@@ -36,13 +36,16 @@ func run(start int64) {
 		reboot()
 	}
 	// A boot to snapshot says hello only once it has done all that every
-	// start of its image shares.
+	// start of its image shares, and the host saves the VM as soon as the
+	// hello comes: what PID 1 still does after the hello, every restore
+	// finishes, with no code translated yet under TCG. So the console
+	// line comes first (the save used to catch it half written).
 	<-saveable
+	go p.readLoop(forwardSignal)
+	logLine("hello after " + msString(start) + " ms")
 	if err := p.send(wire.TypeHello, wire.AppendHello(nil, wire.Hello{BootNS: start})); err != nil {
 		logf("hello: %v", err)
 	}
-	go p.readLoop(forwardSignal)
-	logLine("hello after " + msString(start) + " ms")
 
 	code, sig, err := runApp(p, <-prepared)
 	var ee *execError
@@ -130,6 +133,11 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		warmApp(cfg)
 		if inMemory {
 			warmEtc()
+		}
+		// Every start reseeds through /dev/urandom: opened now, the
+		// snapshot keeps it open.
+		if _, err := urandom(); err != nil {
+			logf("open /dev/urandom: %v", err)
 		}
 		ready()
 		layer := cfg.WritableLayer
