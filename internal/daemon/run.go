@@ -18,6 +18,7 @@ import (
 	"github.com/flick-vm/flick/internal/instance"
 	"github.com/flick-vm/flick/internal/netns"
 	"github.com/flick-vm/flick/internal/network"
+	"github.com/flick-vm/flick/internal/resident"
 	"github.com/flick-vm/flick/internal/store"
 	"github.com/flick-vm/flick/internal/vmm"
 )
@@ -57,8 +58,12 @@ type RunConfig struct {
 	DefaultSubnet string
 	// DNS are the servers that guests' names outside flick.internal go
 	// to (ip or ip:port); default the host's /etc/resolv.conf.
-	DNS    []string
-	Logger *slog.Logger
+	DNS []string
+	// ResidentMiB bounds the memory locked to keep the files of the start
+	// path resident (package resident): QEMU and its libraries, the
+	// kernels, the initramfs, boot snapshots. 0 locks none.
+	ResidentMiB int
+	Logger      *slog.Logger
 }
 
 // Run wires the daemon's parts together and serves until ctx ends. VMs
@@ -104,6 +109,13 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	qv := qemuVersion(cfg.QEMU)
+	var keep instance.Resident // nil, not a nil *resident.Set, when off
+	if cfg.ResidentMiB > 0 {
+		set := resident.New(int64(cfg.ResidentMiB) << 20)
+		defer set.Close()
+		keep = set
+		go keepBootFiles(ctx, set, driver, log, cfg.Kernel, kernelSMP, initrd)
+	}
 	var mgr *instance.Manager
 	var nets *network.Manager
 	var networks instance.Networks // nil, not a nil *network.Manager, without networking
@@ -140,6 +152,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		PoolSnapshots: cfg.PoolSnapshots,
 		HotStandby:    cfg.HotStandby,
 		BootSlots:     cfg.BootSlots,
+		Resident:      keep,
 	})
 	if err != nil {
 		return err
@@ -171,6 +184,27 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	_ = os.Remove(cfg.Socket)
 	log.Info("flickd stopped; VMs keep running")
 	return nil
+}
+
+// keepBootFiles keeps the files that every start reads in memory: the
+// VMM's binary and libraries, the guest kernels and the initramfs.
+func keepBootFiles(ctx context.Context, set *resident.Set, driver *vmm.QEMU, log *slog.Logger, files ...string) {
+	vmmFiles, err := driver.Files(ctx)
+	if err != nil {
+		log.Warn("the VMM's libraries are left to the page cache", "err", err)
+	}
+	kept := 0
+	for _, f := range append(vmmFiles, files...) {
+		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
+			continue // an SMP kernel that was not built, say
+		}
+		if err := set.Add(f); err != nil {
+			log.Warn("file left to the page cache", "err", err)
+			continue
+		}
+		kept++
+	}
+	log.Info("start-path files kept in memory", "files", kept, "MiB", set.Bytes()>>20)
 }
 
 // listen binds the API socket, replacing a stale one but never one that a

@@ -97,6 +97,10 @@ type Config struct {
 	// the save. The VM's memory is held meanwhile; 0 ends the VMM at
 	// once, so that a standby costs no RAM.
 	HotStandby time.Duration
+	// Resident keeps the files of boot snapshots in memory (package
+	// resident), so that a restore reads none of them from disk; nil
+	// leaves them to the page cache.
+	Resident Resident
 
 	BootTimeout   time.Duration // default 30 s
 	DataSizeMiB   int           // size of each writable layer, default 2048
@@ -117,6 +121,16 @@ type Manager struct {
 
 	closing chan struct{}
 	wg      sync.WaitGroup
+
+	// resident holds the snapshot directories whose files were given to
+	// cfg.Resident, kept or not (over its budget): each is tried once.
+	resident sync.Map
+}
+
+// Resident keeps files in memory.
+type Resident interface {
+	Add(path string) error
+	RemoveUnder(dir string)
 }
 
 // record is what the store keeps of an instance.
@@ -216,6 +230,14 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSnapshots), slots: make(chan struct{}, cfg.BootSlots)}
 	m.cleanSnapshots()
+	if cfg.Resident != nil {
+		// Every start with a disk layer copies it (its data, ~1 MiB).
+		go func() {
+			if err := cfg.Resident.Add(tpl); err != nil {
+				m.log.Warn("writable-layer template left to the page cache", "err", err)
+			}
+		}()
+	}
 	var recs []record
 	err = cfg.DB.View(func(tx *store.Tx) error {
 		var err error

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/flick-vm/flick/internal/resident"
 	"github.com/flick-vm/flick/internal/vmm"
 )
 
@@ -103,7 +104,7 @@ func (m *Manager) lookupSnapshot(key string) (*bootSnapshot, bool) {
 	}
 	bad := func(why string) (*bootSnapshot, bool) {
 		m.log.Warn("boot snapshot damaged; removed, the next start boots cold", "snapshot", key, "why", why)
-		_ = os.RemoveAll(dir)
+		m.removeSnapshot(dir)
 		return nil, false
 	}
 	if err := json.Unmarshal(b, &s.meta); err != nil {
@@ -119,7 +120,41 @@ func (m *Manager) lookupSnapshot(key string) (*bootSnapshot, bool) {
 	if _, err := os.Stat(s.boot); err != nil {
 		return bad("boot.json missing")
 	}
+	m.keepResident(s)
 	return s, true
+}
+
+// keepResident has the device state and RAM file of snapshot s kept in
+// memory, once per snapshot, in the background: locking reads what of them
+// is not in memory yet.
+func (m *Manager) keepResident(s *bootSnapshot) {
+	if m.cfg.Resident == nil {
+		return
+	}
+	if _, tried := m.resident.LoadOrStore(s.dir, true); tried {
+		return
+	}
+	go func() {
+		for _, p := range []string{s.snap.State, s.snap.RAM} {
+			if err := m.cfg.Resident.Add(p); errors.Is(err, resident.ErrBudget) {
+				m.log.Info("boot snapshot left to the page cache", "snapshot", filepath.Base(s.dir), "why", err)
+				return
+			} else if err != nil {
+				m.log.Warn("boot snapshot not kept in memory", "snapshot", filepath.Base(s.dir), "err", err)
+				return
+			}
+		}
+	}()
+}
+
+// removeSnapshot removes the snapshot directory dir, letting its files go
+// from memory first.
+func (m *Manager) removeSnapshot(dir string) {
+	if m.cfg.Resident != nil {
+		m.cfg.Resident.RemoveUnder(dir)
+	}
+	m.resident.Delete(dir)
+	_ = os.RemoveAll(dir)
 }
 
 func fileSHA256(path string) (string, int64, error) {
@@ -178,13 +213,14 @@ func (m *Manager) commitSnapshot(tmp, key string, in snapInputs, bootConfig stri
 		}
 		return err
 	}
+	m.keepResident(m.snapshotFiles(key))
 	return nil
 }
 
 // discardSnapshot removes a snapshot that failed to restore.
 func (m *Manager) discardSnapshot(s *bootSnapshot, why error) {
 	m.log.Warn("boot snapshot failed to restore; removed, booting cold", "snapshot", s.meta.Key, "err", why)
-	_ = os.RemoveAll(s.dir)
+	m.removeSnapshot(s.dir)
 }
 
 // RemoveImageSnapshots removes the boot snapshots of an image, when the
@@ -202,7 +238,7 @@ func (m *Manager) RemoveImageSnapshots(digest string) {
 		b, err := os.ReadFile(filepath.Join(dir, "meta.json"))
 		var meta snapMeta
 		if err != nil || json.Unmarshal(b, &meta) != nil || meta.ImageDigest == digest {
-			_ = os.RemoveAll(dir)
+			m.removeSnapshot(dir)
 		}
 	}
 }
@@ -234,7 +270,7 @@ func (m *Manager) cleanSnapshots() {
 			}
 		}
 		m.log.Info("boot snapshot removed: no start can use it any more", "snapshot", e.Name(), "image", meta.ImageDigest)
-		_ = os.RemoveAll(dir)
+		m.removeSnapshot(dir)
 	}
 }
 

@@ -4,6 +4,11 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/flick-vm/flick/internal/resident"
 )
 
 // inputsOf are the inputs of a start of the image digest on m's kernel.
@@ -115,5 +120,34 @@ func TestSnapshotGC(t *testing.T) {
 	saveFake(t, m, "", "sha256:b")
 	if sizes := m.SnapshotSizes(); sizes["sha256:b"] <= 0 || sizes["sha256:a"] != 0 {
 		t.Errorf("SnapshotSizes = %v, want only sha256:b, not empty", sizes)
+	}
+}
+
+func TestSnapshotFilesResident(t *testing.T) {
+	var lim unix.Rlimit
+	if os.Geteuid() != 0 && (unix.Getrlimit(unix.RLIMIT_MEMLOCK, &lim) != nil || lim.Cur < 1<<20) {
+		t.Skip("locking memory needs root or an RLIMIT_MEMLOCK of 1 MiB (ulimit -l 1024)")
+	}
+	m, _ := newTestManager(t, serveApp(0, false))
+	set := resident.New(64 << 20)
+	defer set.Close()
+	m.cfg.Resident = set
+	saveFake(t, m, "", "sha256:a")
+	key, err := m.snapKey(inputsOf(m, "sha256:a"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := m.snapshotFiles(key)
+	// The save has them kept in memory, in the background.
+	deadline := time.Now().Add(10 * time.Second)
+	for !(set.Has(s.snap.RAM) && set.Has(s.snap.State)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after the save: RAM file resident %v, device state %v; want both", set.Has(s.snap.RAM), set.Has(s.snap.State))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	m.RemoveImageSnapshots("sha256:a")
+	if set.Has(s.snap.RAM) || set.Has(s.snap.State) || set.Bytes() != 0 {
+		t.Errorf("after the image's snapshots went: RAM file resident %v, device state %v, %d bytes locked; want none", set.Has(s.snap.RAM), set.Has(s.snap.State), set.Bytes())
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -125,5 +126,31 @@ func TestQEMUStartErrorShowsConsole(t *testing.T) {
 	_, err := q.Start(t.Context(), spec)
 	if err == nil || !strings.Contains(err.Error(), "nonexistent") {
 		t.Fatalf("Start with a missing kernel: err = %v, want QEMU's complaint naming the file", err)
+	}
+}
+
+func TestQEMUFiles(t *testing.T) {
+	testenv.RequireQEMU(t)
+	q, err := vmm.NewQEMU(vmm.QEMUConfig{RAMDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := q.Files(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, _ := exec.LookPath("qemu-system-x86_64")
+	if len(files) < 2 || files[0] != bin {
+		t.Fatalf("Files = %q, want %s and its libraries", files, bin)
+	}
+	libc := false
+	for _, f := range files {
+		if fi, err := os.Stat(f); err != nil || !fi.Mode().IsRegular() {
+			t.Errorf("Files lists %s, which is not a file: %v", f, err)
+		}
+		libc = libc || strings.HasPrefix(filepath.Base(f), "libc.so")
+	}
+	if !libc {
+		t.Errorf("Files = %q has no libc", files)
 	}
 }
