@@ -45,7 +45,7 @@ func main() {
 		cfg.DNS = append(cfg.DNS, v)
 		return nil
 	})
-	flag.IntVar(&cfg.ResidentMiB, "resident-mb", 1024, "MiB of memory that may be locked to keep the files of the start path in memory (QEMU and its libraries, the kernels, the initramfs, boot snapshots), which the host could otherwise evict from its page cache; 0 for none")
+	flag.IntVar(&cfg.ResidentMiB, "resident-mb", -1, "MiB of memory that may be locked to keep the files of the start path in memory (QEMU and its libraries, the kernels, the initramfs, boot snapshots), which the host could otherwise evict from its page cache; 0 for none (default 1024, or a sixteenth of the host's memory if that is less)")
 	logLevel := flag.String("log-level", "info", "debug, info, warn or error")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/flick-vm/flick/internal/guest"
 	"github.com/flick-vm/flick/internal/image"
 	"github.com/flick-vm/flick/internal/instance"
@@ -61,7 +63,8 @@ type RunConfig struct {
 	DNS []string
 	// ResidentMiB bounds the memory locked to keep the files of the start
 	// path resident (package resident): QEMU and its libraries, the
-	// kernels, the initramfs, boot snapshots. 0 locks none.
+	// kernels, the initramfs, boot snapshots. 0 locks none; below 0 means
+	// residentDefault.
 	ResidentMiB int
 	Logger      *slog.Logger
 }
@@ -110,6 +113,9 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	qv := qemuVersion(cfg.QEMU)
 	var keep instance.Resident // nil, not a nil *resident.Set, when off
+	if cfg.ResidentMiB < 0 {
+		cfg.ResidentMiB = residentDefault()
+	}
 	if cfg.ResidentMiB > 0 {
 		set := resident.New(int64(cfg.ResidentMiB) << 20)
 		defer set.Close()
@@ -184,6 +190,16 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	_ = os.Remove(cfg.Socket)
 	log.Info("flickd stopped; VMs keep running")
 	return nil
+}
+
+// residentDefault is the default budget of resident files, in MiB: 1024,
+// or a sixteenth of the host's memory if that is less.
+func residentDefault() int {
+	var si unix.Sysinfo_t
+	if err := unix.Sysinfo(&si); err != nil {
+		return 1024
+	}
+	return int(min(1024, uint64(si.Totalram)*uint64(si.Unit)>>20/16))
 }
 
 // keepBootFiles keeps the files that every start reads in memory: the

@@ -60,3 +60,9 @@ func TestRoutesAndErrors(t *testing.T) {
 		t.Fatalf("create with no body: %d %s", rec.Code, rec.Body)
 	}
 }
+
+func TestResidentDefault(t *testing.T) {
+	if n := residentDefault(); n <= 0 || n > 1024 {
+		t.Errorf("residentDefault = %d MiB, want 1..1024", n)
+	}
+}
