@@ -62,6 +62,8 @@ type env struct {
 	// variables, for the next startDaemon.
 	extra, env []string
 
+	start time.Time // when the test's environment was made
+
 	dir  string // short temporary directory holding root, socket and log
 	root string
 	sock string
@@ -102,6 +104,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{
 		t:      t,
+		start:  time.Now(),
 		flickB: filepath.Join(bin, "flick"),
 		daemon: filepath.Join(bin, "flickd"),
 		init:   initPath,
@@ -144,6 +147,11 @@ func (e *env) cleanup() {
 			}
 		}
 		e.stopDaemon()
+		// An ended VM leaves no guest RAM file behind (one that saved a
+		// boot snapshot keeps its own while it runs).
+		for _, f := range leftRAMFiles(e.start) {
+			t.Errorf("guest RAM file %s is left after its VM ended", f)
+		}
 	}
 	// Whatever QEMU still runs out of our directory is a VM this test
 	// started that nobody stopped.
@@ -411,6 +419,39 @@ func pgrep(t *testing.T, pattern string) []int {
 
 // qemuUnder lists the live QEMU processes whose command line names a path
 // under dir.
+// leftRAMFiles returns the guest RAM files (flickd keeps them in
+// /dev/shm/flick) made since start that no running process names as its
+// memory.
+func leftRAMFiles(start time.Time) []string {
+	const ramDir = "/dev/shm/flick"
+	inUse := map[string]bool{}
+	procs, _ := os.ReadDir("/proc")
+	for _, p := range procs {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", p.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		for _, arg := range strings.Split(string(cmdline), "\x00") {
+			for _, opt := range strings.Split(arg, ",") {
+				if f, ok := strings.CutPrefix(opt, "mem-path="); ok {
+					inUse[filepath.Clean(f)] = true
+				}
+			}
+		}
+	}
+	var left []string
+	ents, _ := os.ReadDir(ramDir)
+	for _, ent := range ents {
+		f := filepath.Join(ramDir, ent.Name())
+		var st syscall.Stat_t
+		if syscall.Stat(f, &st) != nil || time.Unix(st.Ctim.Unix()).Before(start) || inUse[f] {
+			continue
+		}
+		left = append(left, f)
+	}
+	return left
+}
+
 func qemuUnder(dir string) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int

@@ -164,6 +164,12 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	defer mgr.Close()
+	// After the re-attach: the VMs still running keep their files.
+	if removed, err := driver.PruneRAM(); err != nil {
+		log.Warn("look for the RAM files of ended VMs", "err", err)
+	} else if len(removed) > 0 {
+		log.Info("removed the RAM files of VMs that ended without their daemon", "files", len(removed))
+	}
 
 	ln, err := listen(cfg.Socket)
 	if err != nil {

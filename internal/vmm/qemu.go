@@ -397,6 +397,9 @@ func (q *QEMU) Attach(ctx context.Context, h Handle) (VM, error) {
 		return nil, err
 	}
 	vm := &qemuVM{handle: h, done: make(chan struct{}), proc: proc}
+	// The daemon that started the VM would have removed its RAM file when
+	// it exited; this one does now.
+	ramFile := ownRAMFile(h.PID, q.ramDir)
 	go func() {
 		defer unix.Close(pidfd)
 		fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
@@ -405,6 +408,9 @@ func (q *QEMU) Attach(ctx context.Context, h Handle) (VM, error) {
 			if err == nil || !errors.Is(err, unix.EINTR) {
 				break
 			}
+		}
+		if ramFile != "" {
+			_ = os.Remove(ramFile)
 		}
 		close(vm.done)
 	}()
