@@ -417,8 +417,6 @@ func pgrep(t *testing.T, pattern string) []int {
 	return pids
 }
 
-// qemuUnder lists the live QEMU processes whose command line names a path
-// under dir.
 // leftRAMFiles returns the guest RAM files (flickd keeps them in
 // /dev/shm/flick) made since start that no running process names as its
 // memory.
@@ -452,6 +450,8 @@ func leftRAMFiles(start time.Time) []string {
 	return left
 }
 
+// qemuUnder lists the live QEMU processes whose command line names a path
+// under dir.
 func qemuUnder(dir string) []int {
 	ents, _ := os.ReadDir("/proc")
 	var pids []int

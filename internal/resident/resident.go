@@ -81,11 +81,15 @@ func (s *Set) Add(path string) error {
 	}
 	// Reserve the bytes, then map and lock without the Set's lock.
 	s.mu.Lock()
-	if old := s.files[path]; old != nil && same(old) {
-		s.mu.Unlock()
-		return nil
+	held := int64(0) // what a changed file at path holds, which it gives back
+	if old := s.files[path]; old != nil {
+		if same(old) {
+			s.mu.Unlock()
+			return nil
+		}
+		held = old.bytes
 	}
-	if s.used+n > s.budget {
+	if s.used-held+n > s.budget {
 		s.mu.Unlock()
 		return fmt.Errorf("%s (%d MiB): %w of %d MiB", path, n>>20, ErrBudget, s.budget>>20)
 	}

@@ -121,27 +121,29 @@ func TestAddAgain(t *testing.T) {
 	requireLock(t)
 	dir := t.TempDir()
 	p := filepath.Join(dir, "f")
-	writeSparse(t, p, mib, mib, 0)
-	s := New(16 * mib)
+	writeSparse(t, p, 2*mib, 2*mib, 0)
+	s := New(3 * mib)
 	defer s.Close()
 	for range 2 {
 		if err := s.Add(p); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if s.Bytes() != mib {
-		t.Errorf("the same file added twice: Bytes %d, want %d", s.Bytes(), mib)
+	if s.Bytes() != 2*mib {
+		t.Errorf("the same file added twice: Bytes %d, want %d", s.Bytes(), 2*mib)
 	}
-	// A new file at the path (as a snapshot saved again) is locked anew.
+	// A new file at the path (as a snapshot saved again) is locked anew,
+	// in place of the old one: the two together would not fit.
 	if err := os.Remove(p); err != nil {
 		t.Fatal(err)
 	}
-	writeSparse(t, p, 2*mib, 2*mib, 0)
+	const n = 5 * mib / 2
+	writeSparse(t, p, n, n, 0)
 	if err := s.Add(p); err != nil {
 		t.Fatal(err)
 	}
-	if s.Bytes() != 2*mib {
-		t.Errorf("after the file was replaced: Bytes %d, want %d", s.Bytes(), 2*mib)
+	if s.Bytes() != n {
+		t.Errorf("after the file was replaced: Bytes %d, want %d", s.Bytes(), n)
 	}
 }
 
