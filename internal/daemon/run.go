@@ -217,10 +217,9 @@ func keepBootFiles(ctx context.Context, set *resident.Set, driver *vmm.QEMU, log
 	}
 	kept := 0
 	for _, f := range append(vmmFiles, files...) {
-		if _, err := os.Stat(f); errors.Is(err, os.ErrNotExist) {
+		if err := set.Add(f); errors.Is(err, os.ErrNotExist) {
 			continue // an SMP kernel that was not built, say
-		}
-		if err := set.Add(f); err != nil {
+		} else if err != nil {
 			log.Warn("file left to the page cache", "err", err)
 			continue
 		}
