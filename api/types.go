@@ -74,6 +74,10 @@ type Instance struct {
 
 	// StartMode is how the last start brought the VM up: cold or snapshot.
 	StartMode string `json:"start_mode,omitempty"`
+	// SpareVMM says that the last start, a cold boot, ran in a VMM
+	// spawned ahead of it (flickd --spare-vmms): the guest booted from
+	// nothing, the VMM process did not start on the boot's path.
+	SpareVMM bool `json:"spare_vmm,omitempty"`
 	// BootMS is the wall time of the last start, from the start request to
 	// the app running; Phases splits it.
 	BootMS float64            `json:"boot_ms"`

@@ -700,7 +700,7 @@ func TestPoolPolicy(t *testing.T) {
 	second := qemuUnder(pool)
 	e.must("run", "--rm", "--layer", "memory", "e2e/nopool:1", "true")
 	e.must("run", "--rm", "--layer", "memory", "e2e/nopool:1", "true")
-	waitFor(t, 10*time.Second, "the daemon to decide on the pool", func() bool { return e.logged("no zygotes kept of this snapshot") })
+	waitFor(t, 10*time.Second, "the daemon to decide on the pool", func() bool { return e.logged("no zygotes kept for this key") })
 	if pids := qemuUnder(pool); len(pids) != 1 || pids[0] != second[0] {
 		t.Errorf("zygotes after starts of an image labelled flick.pool=0: %v, want only %v", pids, second)
 	}

@@ -127,17 +127,19 @@ func prepare(saveable chan<- struct{}) (wire.Config, *launch, error) {
 		if err := loopbackUp(); err != nil {
 			logf("%v", err)
 		}
-		if err := linkStandIn(); err != nil {
-			logf("%v", err)
-		}
-		warmApp(cfg)
-		if inMemory {
-			warmEtc()
-		}
-		// Every start reseeds through /dev/urandom: opened now, the
-		// snapshot keeps it open.
-		if _, err := urandom(); err != nil {
-			logf("open /dev/urandom: %v", err)
+		if !cfg.Spare {
+			if err := linkStandIn(); err != nil {
+				logf("%v", err)
+			}
+			warmApp(cfg)
+			if inMemory {
+				warmEtc()
+			}
+			// Every start reseeds through /dev/urandom: opened now,
+			// the snapshot keeps it open.
+			if _, err := urandom(); err != nil {
+				logf("open /dev/urandom: %v", err)
+			}
 		}
 		ready()
 		layer := cfg.WritableLayer

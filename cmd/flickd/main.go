@@ -37,6 +37,7 @@ func main() {
 	flag.IntVar(&cfg.BootSlots, "boot-slots", 0, "VMs that may be starting at once, further starts queue (default twice the CPUs)")
 	flag.IntVar(&cfg.PoolSize, "pool-size", 1, "zygotes (VMs restored ahead of time, idle) to keep per boot snapshot in use, for starts with a layer in memory and first starts with a disk layer, unless the image's label flick.pool says otherwise; 0 for none")
 	flag.DurationVar(&cfg.HotStandby, "hot-standby", time.Minute, "how long a standing-by instance keeps its VMM paused, with its memory, after the save: a resume within it takes milliseconds; 0 frees the memory at once")
+	flag.IntVar(&cfg.SpareVMMs, "spare-vmms", 1, "VMMs to keep spawned and paused, per shape of VM (kernel, vCPUs, memory, writable layer, network) among the two that cold-booted last, for cold boots that take no boot snapshot; 0 for none")
 	flag.IntVar(&cfg.PoolSnapshots, "pool-images", 4, "boot snapshots (the most recently started) that keep zygotes; the zygotes of others are ended")
 	flag.BoolVar(&cfg.NoNetwork, "no-network", false, "give instances loopback only: no bridge, NAT, published ports or DNS")
 	flag.StringVar(&cfg.NetNS, "netns", "", "network namespace (name from ip netns, or a path) for the VMs' bridges, TAPs, rules and published ports; default flickd's own")

@@ -54,6 +54,9 @@ type benchResult struct {
 	Warm     bool             `json:"warm"`
 	Phases   map[string]stats `json:"phases"`
 	RSSBytes int64            `json:"rss_bytes"`
+	// SpareVMMs counts the cold boots that ran in a VMM spawned ahead of
+	// them (flickd --spare-vmms).
+	SpareVMMs int `json:"spare_vmms"`
 }
 
 func (a *app) benchCommand() *cobra.Command {
@@ -123,7 +126,11 @@ API, then copy a file of --cp-size in and out, and remove the instance.`,
 			if warm {
 				kind = "starts from the boot snapshot"
 			}
-			fmt.Fprintf(a.stdout, "%d %s of %s (writable layer: %s)\n\n", res.N, kind, res.Image, res.Layer)
+			spares := ""
+			if !warm {
+				spares = fmt.Sprintf("; in a spare VMM: %d", res.SpareVMMs)
+			}
+			fmt.Fprintf(a.stdout, "%d %s of %s (writable layer: %s%s)\n\n", res.N, kind, res.Image, res.Layer, spares)
 			tw := tabwriter.NewWriter(a.stdout, 0, 8, 2, ' ', 0)
 			fmt.Fprintf(tw, "PHASE\t%8s\t%8s\t%8s\t%8s\n", "MIN", "P50", "P90", "MAX")
 			var names []string
@@ -206,6 +213,9 @@ func (a *app) bench(c *api.Client, req api.CreateRequest, n int, interval time.D
 		}
 		if res.Accel == "" {
 			res.Accel = started.Accel
+		}
+		if started.SpareVMM {
+			res.SpareVMMs++
 		}
 		for name, v := range started.Phases {
 			samples[name] = append(samples[name], v)

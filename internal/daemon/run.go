@@ -43,6 +43,9 @@ type RunConfig struct {
 	// PoolSnapshots for how many snapshots (the most recently started).
 	PoolSize      int
 	PoolSnapshots int
+	// SpareVMMs is how many VMMs to keep spawned, paused, per shape of VM
+	// that cold-booted recently, for the next cold boots.
+	SpareVMMs int
 	// BootSlots is how many VMs may start at once; 0 means twice the CPUs.
 	BootSlots int
 	// HotStandby is how long a standby keeps its VMM paused (its memory
@@ -156,6 +159,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		SnapshotTag:   qv + " " + cfg.TCGCPU,
 		PoolSize:      cfg.PoolSize,
 		PoolSnapshots: cfg.PoolSnapshots,
+		SpareVMMs:     cfg.SpareVMMs,
 		HotStandby:    cfg.HotStandby,
 		BootSlots:     cfg.BootSlots,
 		Resident:      keep,

@@ -54,6 +54,11 @@ type fakeVM struct {
 	once  sync.Once
 	// agents receives the guest end of every agent connection.
 	agents chan net.Conn
+
+	mu       sync.Mutex
+	spec     vmm.Spec
+	replaced map[int]vmm.Disk // by ReplaceDisk
+	resumed  bool
 }
 
 func (d *fakeDriver) Start(_ context.Context, spec vmm.Spec) (vmm.VM, error) {
@@ -66,7 +71,7 @@ func (d *fakeDriver) Start(_ context.Context, spec vmm.Spec) (vmm.VM, error) {
 		return nil, err
 	}
 	host, guest := net.Pipe()
-	vm := &fakeVM{h: vmm.Handle{Driver: "fake", PID: 1}, cfg: cfg, host: host, guest: guest, run: d.guest, done: make(chan struct{}), agents: make(chan net.Conn, 16)}
+	vm := &fakeVM{h: vmm.Handle{Driver: "fake", PID: 1}, cfg: cfg, host: host, guest: guest, run: d.guest, done: make(chan struct{}), agents: make(chan net.Conn, 16), spec: spec}
 	d.mu.Lock()
 	d.vms = append(d.vms, vm)
 	d.mu.Unlock()
@@ -81,6 +86,9 @@ func (d *fakeDriver) Attach(context.Context, vmm.Handle) (vmm.VM, error) {
 
 func (v *fakeVM) Handle() vmm.Handle { return v.h }
 func (v *fakeVM) Resume(context.Context) error {
+	v.mu.Lock()
+	v.resumed = true
+	v.mu.Unlock()
 	go func() {
 		v.run(v.cfg, v.guest, v.done)
 		v.exit()
@@ -89,6 +97,18 @@ func (v *fakeVM) Resume(context.Context) error {
 }
 func (v *fakeVM) DialControl(context.Context) (net.Conn, error) { return v.host, nil }
 func (v *fakeVM) Moved(string)                                  {}
+func (v *fakeVM) ReplaceDisk(_ context.Context, i int, d vmm.Disk) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.resumed {
+		return errors.New("fake: disk replaced after the guest ran")
+	}
+	if v.replaced == nil {
+		v.replaced = map[int]vmm.Disk{}
+	}
+	v.replaced[i] = d
+	return nil
+}
 func (v *fakeVM) SaveSnapshot(context.Context, vmm.Snapshot) error {
 	return errors.New("fake VMs cannot be snapshotted")
 }
@@ -133,6 +153,22 @@ func serveApp(exitCode int, waitForSignal bool) fakeGuest {
 			wire.WriteJSON(c, typ, v)
 		}
 		send(wire.TypeHello, wire.Hello{BootNS: 1})
+		if cfg.AwaitConfig {
+			// As flick-init: the instance's config follows the hello.
+			for {
+				f, err := wire.ReadFrame(c)
+				if err != nil {
+					return
+				}
+				if f.Type == wire.TypeConfig {
+					cfg = wire.Config{}
+					if json.Unmarshal(f.Payload, &cfg) != nil {
+						return
+					}
+					break
+				}
+			}
+		}
 		send(wire.TypeEvent, wire.Event{Kind: wire.EventExec})
 		send(wire.TypeEvent, wire.Event{Kind: wire.EventStarted, PID: 7})
 		send(wire.TypeStdout, []byte("hello "+strings.Join(cfg.Args, " ")+"\n"))
@@ -160,7 +196,9 @@ func serveApp(exitCode int, waitForSignal bool) fakeGuest {
 	}
 }
 
-func newTestManager(t *testing.T, g fakeGuest) (*Manager, *fakeDriver) {
+// newTestManager makes a Manager over a fakeDriver playing g; opts change
+// its Config first.
+func newTestManager(t *testing.T, g fakeGuest, opts ...func(*Config)) (*Manager, *fakeDriver) {
 	t.Helper()
 	root := t.TempDir()
 	db, err := store.Open(filepath.Join(root, "flick.db"))
@@ -173,10 +211,14 @@ func newTestManager(t *testing.T, g fakeGuest) (*Manager, *fakeDriver) {
 	initrd := filepath.Join(root, "initrd.cpio")
 	os.WriteFile(initrd, []byte("i"), 0o644)
 	d := &fakeDriver{guest: g}
-	m, err := New(t.Context(), Config{
+	cfg := Config{
 		Root: root, DB: db, Images: fakeImages{disk: kernel}, Driver: d, Kernel: kernel, Initrd: initrd,
 		Cmdline: func(string) string { return "" }, BootTimeout: 5 * time.Second, DataSizeMiB: 64,
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	m, err := New(t.Context(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -335,5 +377,111 @@ func TestEngineCreateErrors(t *testing.T) {
 	}
 	if n := len(m.List(ctx, true, false)); n != 1 {
 		t.Errorf("failed creates left records: %d instances", n)
+	}
+}
+
+// vmsNow is how many VMs d has started so far.
+func (d *fakeDriver) vmsNow() []*fakeVM {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]*fakeVM(nil), d.vms...)
+}
+
+// waitSpares waits until d has started n spare VMMs, and returns them.
+func waitSpares(t *testing.T, d *fakeDriver, n int) []*fakeVM {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var spares []*fakeVM
+		for _, vm := range d.vmsNow() {
+			if vm.cfg.Spare {
+				spares = append(spares, vm)
+			}
+		}
+		if len(spares) >= n {
+			return spares
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d spare VMMs started, want %d", len(spares), n)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestEngineSpareVMM: a cold boot leaves a spare VMM of its shape, which
+// the next cold boot of that shape claims: the image's root disk is put
+// under it before it runs, and its guest gets the instance's config over
+// the channel.
+func TestEngineSpareVMM(t *testing.T) {
+	m, d := newTestManager(t, serveApp(0, false), func(c *Config) { c.SpareVMMs = 1 })
+	ctx := t.Context()
+	run := func(name string, cmd ...string) api.Instance {
+		t.Helper()
+		if _, err := m.Create(ctx, api.CreateRequest{Name: name, Image: "app", InstanceConfig: api.InstanceConfig{Cmd: cmd}}); err != nil {
+			t.Fatal(err)
+		}
+		in, err := m.Start(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w, err := m.Wait(ctx, name); err != nil || w.ExitCode != 0 {
+			t.Fatalf("wait %s = %+v, %v", name, w, err)
+		}
+		return in
+	}
+	logs := func(name string) string {
+		var out strings.Builder
+		m.Logs(ctx, name, LogOptions{Tail: -1}, func(r api.LogRecord) error {
+			out.WriteString(r.Log)
+			return nil
+		})
+		return out.String()
+	}
+
+	if a := run("a", "one"); a.SpareVMM {
+		t.Error("the first cold boot of its shape found a spare VMM")
+	}
+	spare := waitSpares(t, d, 1)[0]
+	if !spare.cfg.AwaitConfig || spare.cfg.RootFSType != "erofs" || len(spare.cfg.Args) != 0 {
+		t.Errorf("spare's boot config = %+v, want one that awaits its config and names only the disks", spare.cfg)
+	}
+	if spare.spec.Disks[0].Path == m.cfg.Kernel {
+		t.Error("the spare was spawned with the image's root disk, not a stand-in")
+	}
+
+	b := run("b", "two")
+	if !b.SpareVMM || b.StartMode != api.StartCold {
+		t.Errorf("second cold boot: spare_vmm %v, start mode %q; want a cold boot in the spare", b.SpareVMM, b.StartMode)
+	}
+	spare.mu.Lock()
+	root := spare.replaced[0]
+	spare.mu.Unlock()
+	if root.Path != m.cfg.Kernel || !root.ReadOnly {
+		t.Errorf("spare's root disk replaced with %+v, want the image's (%s), read-only", root, m.cfg.Kernel)
+	}
+	if got := logs("b"); got != "hello /app two\nwarn\n" {
+		t.Errorf("b's logs = %q: the app did not run with b's config", got)
+	}
+	// b has a disk layer: the spare's data disk became its own.
+	in, err := m.lookup("b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(in.rec.Dir, "data.ext4")); err != nil {
+		t.Errorf("b's data disk: %v", err)
+	}
+	// The claim spawned the next spare, which a boot of another shape
+	// does not claim.
+	next := waitSpares(t, d, 2)[1]
+	if _, err := m.Create(ctx, api.CreateRequest{Name: "c", Image: "app", InstanceConfig: api.InstanceConfig{MemoryMiB: 256}}); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := m.Start(ctx, "c"); err != nil || c.SpareVMM {
+		t.Errorf("start of another shape: spare_vmm %v, err %v; want a VMM of its own", c.SpareVMM, err)
+	}
+	select {
+	case <-next.done:
+		t.Error("the spare of another shape was ended by an unrelated boot")
+	default:
 	}
 }

@@ -88,6 +88,11 @@ type Config struct {
 	// PoolSnapshots is how many boot snapshots, the most recently started,
 	// have zygotes; those of others are ended. Default 4.
 	PoolSnapshots int
+	// SpareVMMs is how many VMMs to keep spawned and paused, per shape of
+	// VM (kernel, vCPUs, memory, root file system, writable layer,
+	// network or none) that cold-booted last, for the next cold boots of
+	// that shape; 0 keeps none.
+	SpareVMMs int
 	// BootSlots is how many VMs may be starting at once (zygotes being
 	// made included); further starts queue. Default twice the CPUs.
 	BootSlots int
@@ -116,8 +121,9 @@ type Manager struct {
 	mu  sync.Mutex
 	all map[string]*inst // by id
 
-	pool  *pool
-	slots chan struct{} // boot slots, see bootSlot
+	pool   *pool         // zygotes
+	spares *pool         // spare VMMs
+	slots  chan struct{} // boot slots, see bootSlot
 
 	closing chan struct{}
 	wg      sync.WaitGroup
@@ -228,7 +234,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool(cfg.PoolSnapshots), slots: make(chan struct{}, cfg.BootSlots)}
+	m := &Manager{cfg: cfg, log: cfg.Logger, template: tpl, all: map[string]*inst{}, closing: make(chan struct{}), pool: newPool("zygote", cfg.PoolSnapshots), spares: newPool("spare VMM", spareShapes), slots: make(chan struct{}, cfg.BootSlots)}
 	m.cleanSnapshots()
 	if cfg.Resident != nil {
 		// Every start with a disk layer copies it (its data, ~1 MiB).

@@ -29,7 +29,9 @@ import (
 // snapshot that falls out of that set are ended. They live in Root/pool and
 // die with the daemon.
 
-// zygote is a restored VM waiting for its instance.
+// zygote is a VM made ahead of its instance: restored from a boot snapshot
+// and waiting in flick-init (a zygote proper), or spawned and paused before
+// its guest's first instruction (a spare VMM, spares.go; no ctl, no net).
 type zygote struct {
 	id      string
 	dir     string // its run directory, sockets included
@@ -46,22 +48,25 @@ type zygote struct {
 	release func() // gives back net's address, if no instance took it
 }
 
+// pool holds VMs made ahead of time (zygotes, or spare VMMs) by key, for
+// the keep keys used most recently.
 type pool struct {
+	kind    string // what it holds, for the log
 	mu      sync.Mutex
-	keep    int                  // snapshots with zygotes, at most
-	idle    map[string][]*zygote // by snapshot key
+	keep    int                  // keys with VMs, at most
+	idle    map[string][]*zygote // by key
 	filling map[string]int
-	used    map[string]time.Time // when a start last used each snapshot with zygotes
+	used    map[string]time.Time // when a start last used each key
 	closed  bool
 	wg      sync.WaitGroup
 }
 
-func newPool(keep int) *pool {
-	return &pool{keep: keep, idle: map[string][]*zygote{}, filling: map[string]int{}, used: map[string]time.Time{}}
+func newPool(kind string, keep int) *pool {
+	return &pool{kind: kind, keep: keep, idle: map[string][]*zygote{}, filling: map[string]int{}, used: map[string]time.Time{}}
 }
 
-// evictLocked ends the idle zygotes of the snapshots beyond the keep most
-// recently used; zygotes still being made are ended when they are ready.
+// evictLocked ends the idle VMs of the keys beyond the keep most recently
+// used; VMs still being made are ended when they are ready.
 func (p *pool) evictLocked() []*zygote {
 	if len(p.used) <= p.keep {
 		return nil
@@ -82,10 +87,8 @@ func (p *pool) evictLocked() []*zygote {
 
 func (m *Manager) poolDir() string { return filepath.Join(m.cfg.Root, "pool") }
 
-// claimZygote takes an idle zygote of key, if there is one whose VMM still
-// runs.
-func (m *Manager) claimZygote(key string) *zygote {
-	p := m.pool
+// claim takes an idle VM of key, if there is one whose VMM still runs.
+func (p *pool) claim(key string) *zygote {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for len(p.idle[key]) > 0 {
@@ -93,7 +96,7 @@ func (m *Manager) claimZygote(key string) *zygote {
 		p.idle[key] = p.idle[key][1:]
 		select {
 		case <-z.vm.Done():
-			z.discard()
+			go z.discard()
 			continue
 		default:
 		}
@@ -107,14 +110,19 @@ func (m *Manager) claimZygote(key string) *zygote {
 // address of network held for each, until the pool holds size of them,
 // and ends those of the snapshots used least recently.
 func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Config, network string) {
-	p := m.pool
+	m.fill(m.pool, key, size, func() (*zygote, error) { return m.makeZygote(spec, drill, network) })
+}
+
+// fill has newVM make VMs of key until p holds size of them, and ends those of
+// the keys used least recently.
+func (m *Manager) fill(p *pool, key string, size int, newVM func() (*zygote, error)) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return
 	}
 	if size <= 0 {
-		m.log.Debug("no zygotes kept of this snapshot", "snapshot", key)
+		m.log.Debug("no "+p.kind+"s kept for this key", "key", key)
 		for _, z := range p.idle[key] {
 			go z.discard()
 		}
@@ -124,7 +132,7 @@ func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Confi
 	}
 	p.used[key] = time.Now()
 	for _, z := range p.evictLocked() {
-		m.log.Info("zygote ended: its snapshot is not among the most recently started", "zygote", z.id)
+		m.log.Info(p.kind+" ended: its key is not among the most recently used", "id", z.id)
 		go z.discard()
 	}
 	for n := len(p.idle[key]) + p.filling[key]; n < size; n++ {
@@ -132,13 +140,13 @@ func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Confi
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			z, err := m.makeZygote(spec, drill, network)
+			z, err := newVM()
 			p.mu.Lock()
 			defer p.mu.Unlock()
 			p.filling[key]--
 			switch {
 			case err != nil:
-				m.log.Warn("zygote not made", "snapshot", key, "err", err)
+				m.log.Warn(p.kind+" not made", "key", key, "err", err)
 			case p.closed:
 				z.discard()
 			case p.used[key].IsZero():
@@ -150,57 +158,70 @@ func (m *Manager) fillPool(key string, size int, spec vmm.Spec, drill wire.Confi
 				if z.net != nil {
 					addr = z.net.Address
 				}
-				m.log.Info("zygote ready", "snapshot", key, "zygote", z.id, "pid", z.vm.Handle().PID, "addr", addr)
+				m.log.Info(p.kind+" ready", "key", key, "id", z.id, "pid", z.vm.Handle().PID, "addr", addr)
 			}
 		}()
 	}
+}
+
+// newPoolVM makes the run directory, console, data disk and (when spec
+// has a NIC) TAP of a VM made ahead of time, and returns it with spec
+// made its own. The caller closes tap once the VMM holds it.
+func (m *Manager) newPoolVM(spec vmm.Spec) (z *zygote, _ vmm.Spec, tap *os.File, _ error) {
+	id := newID()
+	z = &zygote{id: id, dir: filepath.Join(m.poolDir(), id)}
+	if err := os.MkdirAll(z.dir, 0o750); err != nil {
+		return nil, spec, nil, err
+	}
+	z.console = filepath.Join(z.dir, "console.log")
+	z.data = filepath.Join(z.dir, "data.ext4")
+	if err := fsutil.CopySparse(m.template, z.data, false); err != nil {
+		_ = os.RemoveAll(z.dir)
+		return nil, spec, nil, err
+	}
+	spec.ID, spec.Dir, spec.ConsoleLog = id, z.dir, z.console
+	spec.Disks = append([]vmm.Disk(nil), spec.Disks...)
+	spec.Disks[1].Path = z.data
+	if spec.NIC != nil {
+		f, name, err := m.cfg.Networks.OpenTAP(id)
+		if err != nil {
+			_ = os.RemoveAll(z.dir)
+			return nil, spec, nil, err
+		}
+		nic := *spec.NIC
+		nic.TAP = f
+		spec.NIC = &nic
+		z.tap, tap = name, f
+	}
+	return z, spec, tap, nil
 }
 
 // makeZygote restores spec's snapshot into a VM of its own, lets it run
 // and has it rehearse a start with drill, on an address of network held
 // for it.
 func (m *Manager) makeZygote(spec vmm.Spec, drill wire.Config, network string) (*zygote, error) {
-	id := newID()
-	z := &zygote{id: id, dir: filepath.Join(m.poolDir(), id)}
-	if err := os.MkdirAll(z.dir, 0o750); err != nil {
+	z, spec, tap, err := m.newPoolVM(spec)
+	if err != nil {
 		return nil, err
 	}
-	z.console = filepath.Join(z.dir, "console.log")
-	data := filepath.Join(z.dir, "data.ext4")
-	z.data = data
-	if err := fsutil.CopySparse(m.template, data, false); err != nil {
-		_ = os.RemoveAll(z.dir)
-		return nil, err
+	if tap != nil {
+		defer tap.Close() // the VMM holds it
 	}
-	spec.ID, spec.Dir, spec.ConsoleLog = id, z.dir, z.console
-	spec.Disks = append([]vmm.Disk(nil), spec.Disks...)
-	spec.Disks[1].Path = data
 	release, err := m.bootSlot(context.Background())
 	if err != nil {
-		_ = os.RemoveAll(z.dir)
+		z.discard()
 		return nil, err
 	}
 	defer release()
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
 	defer cancel()
-	if spec.NIC != nil {
-		f, name, err := m.cfg.Networks.OpenTAP(id)
-		if err != nil {
-			_ = os.RemoveAll(z.dir)
-			return nil, err
-		}
-		defer f.Close() // the VMM holds it
-		nic := *spec.NIC
-		nic.TAP = f
-		spec.NIC = &nic
-		z.tap = name
-		if drill.Net != nil {
-			// Not having one costs the start its link's set-up.
-			if n, err := m.cfg.Networks.Reserve(network, id); err != nil {
-				m.log.Warn("zygote: no address held for it", "zygote", id, "err", err)
-			} else {
-				z.net, z.release = n, func() { m.cfg.Networks.Release(id) }
-			}
+	if spec.NIC != nil && drill.Net != nil {
+		// Not having one costs the start its link's set-up.
+		if n, err := m.cfg.Networks.Reserve(network, z.id); err != nil {
+			m.log.Warn("zygote: no address held for it", "zygote", z.id, "err", err)
+		} else {
+			id := z.id
+			z.net, z.release = n, func() { m.cfg.Networks.Release(id) }
 		}
 	}
 	vm, err := m.cfg.Driver.Start(ctx, spec)
@@ -277,21 +298,23 @@ func (z *zygote) discard() {
 	_ = os.RemoveAll(z.dir)
 }
 
-// closePool kills every idle zygote and waits for those being made.
+// closePool kills every idle zygote and spare VMM, and waits for those
+// being made.
 func (m *Manager) closePool() {
-	p := m.pool
-	p.mu.Lock()
-	p.closed = true
-	var all []*zygote
-	for _, zs := range p.idle {
-		all = append(all, zs...)
+	for _, p := range []*pool{m.pool, m.spares} {
+		p.mu.Lock()
+		p.closed = true
+		var all []*zygote
+		for _, zs := range p.idle {
+			all = append(all, zs...)
+		}
+		p.idle = map[string][]*zygote{}
+		p.mu.Unlock()
+		for _, z := range all {
+			z.discard()
+		}
+		p.wg.Wait()
 	}
-	p.idle = map[string][]*zygote{}
-	p.mu.Unlock()
-	for _, z := range all {
-		z.discard()
-	}
-	p.wg.Wait()
 }
 
 // cleanPool removes the zygotes of an earlier daemon: their VMMs were

@@ -332,7 +332,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.mu.Unlock()
 	var zyg *zygote
 	if restore != nil && (gc.WritableLayer == wire.LayerMemory || !fileExists(dataDisk)) && !cloning && !fileExists(in.standbyPath()) {
-		zyg = m.claimZygote(snapKey)
+		zyg = m.pool.claim(snapKey)
 	}
 	zygHanded := false
 	defer func() {
@@ -362,7 +362,24 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	}
 
 	spec.Dir, spec.GuestConfig, spec.ConsoleLog, spec.NIC = rec.RunDir, cfgPath, in.consolePath(), nic
-	b := bootPlan{spec: spec, config: gc, snapIn: snapIn}
+	// A cold boot that takes no snapshot starts in a spare VMM of its
+	// shape when there is one (see spares.go), and has the next one
+	// spawned once its guest runs: not during the claim, whose QMP
+	// commands it would slow, and on another CPU than the guest's.
+	var spare *zygote
+	var refill func()
+	spareHanded := false
+	defer func() {
+		if spare != nil && !spareHanded {
+			go spare.discard()
+		}
+	}()
+	if restore == nil && snapKey == "" && m.cfg.SpareVMMs > 0 && (gc.WritableLayer == wire.LayerMemory || !fileExists(dataDisk)) && !cloning && !fileExists(in.standbyPath()) {
+		key := spareKey(spec, gc.WritableLayer, fstype)
+		spare = m.spares.claim(key)
+		refill = func() { m.fillSpares(key, spec, gc.WritableLayer, fstype) }
+	}
+	b := bootPlan{spec: spec, config: gc, snapIn: snapIn, refill: refill}
 	// An instance standing by resumes from its own saved state; a clone
 	// starts from its parent's.
 	resume := ""
@@ -379,11 +396,11 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	var r *running
 	var logs *logWriter
 	for {
-		b.restore, b.snapKey, b.zygote, b.resume, b.clone = restore, "", zyg, resume, clone
+		b.restore, b.snapKey, b.zygote, b.spare, b.resume, b.clone = restore, "", zyg, spare, resume, clone
 		if err := os.MkdirAll(rec.RunDir, 0o750); err != nil {
 			return fail(err)
 		}
-		if zyg == nil {
+		if zyg == nil && spare == nil {
 			// Counted in the disk phase, not in the next one.
 			td := time.Now()
 			if _, err := os.Stat(dataDisk); errors.Is(err, os.ErrNotExist) {
@@ -447,9 +464,12 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 		}
 		if useNet {
 			name := ""
-			if zyg != nil {
+			switch {
+			case zyg != nil:
 				name = zyg.tap
-			} else {
+			case spare != nil:
+				name = spare.tap
+			default:
 				if tap == nil {
 					// Kept open across a retry, so the TAP stays.
 					f, n, err := m.cfg.Networks.OpenTAP(rec.ID)
@@ -468,7 +488,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			}
 		}
 		var err error
-		zygHanded = zyg != nil
+		zygHanded, spareHanded = zyg != nil, spare != nil
 		r, logs, t, err = m.boot(ctx, in, b, t, mark)
 		if err == nil {
 			if tap != nil {
@@ -489,6 +509,14 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			m.log.Warn("zygote failed; restoring instead", "vm", rec.ID, "err", err)
 			zyg = nil
 			for _, p := range []string{api.PhaseRestore, api.PhaseInit, api.PhaseApp} {
+				delete(phases, p)
+			}
+			continue
+		}
+		if spare != nil && ctx.Err() == nil && !errors.Is(err, errGuestFailed) {
+			m.log.Warn("spare VMM failed; spawning one", "vm", rec.ID, "err", err)
+			spare = nil
+			for _, p := range []string{api.PhaseVMM, api.PhaseKernel, api.PhaseInit, api.PhaseApp} {
 				delete(phases, p)
 			}
 			continue
@@ -530,6 +558,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.mu.Lock()
 	in.run = r
 	in.rec.StartMode = api.StartCold
+	in.rec.SpareVMM = b.spare != nil
 	switch {
 	case b.resume != "":
 		in.rec.StartMode = api.StartResume
@@ -993,6 +1022,8 @@ type bootPlan struct {
 	snapKey string        // save a boot snapshot under this key
 	snapIn  snapInputs    // the snapshot key's inputs from this start, the image's digest among them
 	zygote  *zygote       // a VM already restored from restore, to claim
+	spare   *zygote       // a VMM spawned for a cold boot of this shape, to claim
+	refill  func()        // keeps spares of this shape; called once the VM runs
 	resume  string        // the instance's standby state to resume from
 	clone   *vmm.Snapshot // a fork snapshot of a running VM to restore, as a clone
 }
@@ -1031,29 +1062,22 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	rec := in.rec
 	b.spec.KeepRAM = b.snapKey != ""
 	var vm vmm.VM
-	if z := b.zygote; z != nil {
-		if b.config.WritableLayer == wire.LayerDisk {
-			// Its data disk is the instance's disk layer from now on
-			// (QEMU keeps it open); not in the run directory, which
-			// goes when the instance stops.
-			if err := moveNew(z.data, b.spec.Disks[1].Path); err != nil {
-				z.discard()
-				return nil, nil, t, fmt.Errorf("the zygote's data disk: %w", err)
-			}
+	switch {
+	case b.zygote != nil:
+		if err := adopt(b.zygote, b); err != nil {
+			return nil, nil, t, fmt.Errorf("the zygote: %w", err)
 		}
-		// The zygote's run directory and console become the instance's.
-		if err := os.RemoveAll(b.spec.Dir); err != nil {
-			z.discard()
+		vm = b.zygote.vm
+	case b.spare != nil:
+		if err := adopt(b.spare, b); err != nil {
+			return nil, nil, t, fmt.Errorf("the spare VMM: %w", err)
+		}
+		vm = b.spare.vm
+		if err := vm.ReplaceDisk(ctx, 0, b.spec.Disks[0]); err != nil {
+			b.spare.discard()
 			return nil, nil, t, err
 		}
-		if err := os.Rename(z.dir, b.spec.Dir); err != nil {
-			z.discard()
-			return nil, nil, t, err
-		}
-		z.vm.Moved(b.spec.Dir)
-		_ = os.Rename(filepath.Join(b.spec.Dir, filepath.Base(z.console)), b.spec.ConsoleLog)
-		vm = z.vm
-	} else {
+	default:
 		_ = os.Truncate(b.spec.ConsoleLog, 0)
 		var err error
 		if vm, err = m.cfg.Driver.Start(ctx, b.spec); err != nil {
@@ -1103,6 +1127,19 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	if b.zygote == nil {
 		if err := vm.Resume(ctx); err != nil {
 			return rollback(err)
+		}
+	}
+	if b.refill != nil {
+		b.refill()
+	}
+	if b.spare != nil {
+		// The guest reads its config once it has mounted the image:
+		// sent now, it is there by then. With neither a clock nor a
+		// seed, as in any cold boot's fw_cfg config: the kernel has
+		// read the RTC, and its RNG owes nothing to a snapshot.
+		payload, _ := json.Marshal(b.config)
+		if err := r.send(wire.TypeConfig, payload); err != nil {
+			return rollback(fmt.Errorf("send config: %w", err))
 		}
 	}
 	if b.clone != nil {
@@ -1223,6 +1260,32 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 	}
 	t = mark(api.PhaseApp, t)
 	return r, logs, t, nil
+}
+
+// adopt makes z, a VM made ahead of time, b's: z's data disk becomes the
+// instance's disk layer, if it has one, and z's run directory and console
+// the instance's. On failure z is discarded.
+func adopt(z *zygote, b bootPlan) error {
+	if b.config.WritableLayer == wire.LayerDisk {
+		// Its data disk is the instance's disk layer from now on (QEMU
+		// keeps it open); not in the run directory, which goes when the
+		// instance stops.
+		if err := moveNew(z.data, b.spec.Disks[1].Path); err != nil {
+			z.discard()
+			return fmt.Errorf("its data disk: %w", err)
+		}
+	}
+	if err := os.RemoveAll(b.spec.Dir); err != nil {
+		z.discard()
+		return err
+	}
+	if err := os.Rename(z.dir, b.spec.Dir); err != nil {
+		z.discard()
+		return err
+	}
+	z.vm.Moved(b.spec.Dir)
+	_ = os.Rename(filepath.Join(b.spec.Dir, filepath.Base(z.console)), b.spec.ConsoleLog)
+	return nil
 }
 
 // diskFull adds to a failed save that the disk holding dir has less room

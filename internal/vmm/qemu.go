@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -109,12 +110,13 @@ func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 		a = append(a, "-initrd", spec.Initrd)
 	}
 	for i, d := range spec.Disks {
-		id := "disk" + strconv.Itoa(i)
-		drive := fmt.Sprintf("id=%s,file=%s,format=raw,if=none", id, d.Path)
-		if d.ReadOnly {
-			drive += ",readonly=on"
-		}
-		a = append(a, "-drive", drive, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.Serial))
+		// A raw node over a file node of its own, so that ReplaceDisk
+		// can put another file under the device.
+		id := diskNode(i)
+		a = append(a,
+			"-blockdev", fileNode(id+"-file", d),
+			"-blockdev", fmt.Sprintf("driver=raw,node-name=%s,file=%s-file%s", id, id, readOnlyOpt(d)),
+			"-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.Serial))
 	}
 	if spec.NIC != nil {
 		// The TAP is the first of the extra files: fd 3.
@@ -140,6 +142,20 @@ func (q *QEMU) Args(spec Spec, socks Sockets, ramFile string) []string {
 		a = append(a, "-incoming", "defer")
 	}
 	return a
+}
+
+func diskNode(i int) string { return "disk" + strconv.Itoa(i) }
+
+// fileNode is the -blockdev of d's file, named name.
+func fileNode(name string, d Disk) string {
+	return "driver=file,node-name=" + name + ",filename=" + d.Path + readOnlyOpt(d)
+}
+
+func readOnlyOpt(d Disk) string {
+	if d.ReadOnly {
+		return ",read-only=on"
+	}
+	return ""
 }
 
 // ramObject is the guest RAM: a file of the VM's own, shared so that a
@@ -476,6 +492,9 @@ type qemuVM struct {
 	qmp     *qmp.Conn
 	done    chan struct{}
 	ramFile string // kept for SaveSnapshot; "" when unlinked
+
+	mu        sync.Mutex
+	diskFiles map[int]int // how many times ReplaceDisk replaced each disk's file
 }
 
 func (v *qemuVM) Handle() Handle { return v.handle }
@@ -483,6 +502,36 @@ func (v *qemuVM) Handle() Handle { return v.handle }
 // QMP runs one QMP command; tests use it to look inside.
 func (v *qemuVM) QMP(ctx context.Context, cmd string) (json.RawMessage, error) {
 	return v.qmp.Execute(ctx, cmd, nil)
+}
+
+// ReplaceDisk puts d's file under disk i: a new file node, the disk's raw
+// node reopened over it, the old file node deleted.
+func (v *qemuVM) ReplaceDisk(ctx context.Context, i int, d Disk) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.diskFiles == nil {
+		v.diskFiles = map[int]int{}
+	}
+	id := diskNode(i)
+	old := id + "-file"
+	if n := v.diskFiles[i]; n > 0 {
+		old += "-" + strconv.Itoa(n)
+	}
+	next := id + "-file-" + strconv.Itoa(v.diskFiles[i]+1)
+	add := map[string]any{"driver": "file", "node-name": next, "filename": d.Path, "read-only": d.ReadOnly}
+	if _, err := v.qmp.Execute(ctx, "blockdev-add", add); err != nil {
+		return fmt.Errorf("replace disk %d with %s: %w", i, d.Path, err)
+	}
+	reopen := map[string]any{"options": []map[string]any{{"driver": "raw", "node-name": id, "file": next, "read-only": d.ReadOnly}}}
+	if _, err := v.qmp.Execute(ctx, "blockdev-reopen", reopen); err != nil {
+		_, _ = v.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": next})
+		return fmt.Errorf("replace disk %d with %s: %w", i, d.Path, err)
+	}
+	v.diskFiles[i]++
+	if _, err := v.qmp.Execute(ctx, "blockdev-del", map[string]any{"node-name": old}); err != nil {
+		return fmt.Errorf("replace disk %d: drop the old file: %w", i, err)
+	}
+	return nil
 }
 
 func (v *qemuVM) Resume(ctx context.Context) error {

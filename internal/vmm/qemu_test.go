@@ -154,3 +154,72 @@ func TestQEMUFiles(t *testing.T) {
 		t.Errorf("Files = %q has no libc", files)
 	}
 }
+
+// TestQEMUReplaceDisk: a VM spawned with a stand-in file under a disk gets
+// another file there before it runs, read-only as the disk was made; a
+// file that cannot be opened leaves the disk as it was.
+func TestQEMUReplaceDisk(t *testing.T) {
+	q, kernel := newDriver(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	spec := bootSpec(t, kernel)
+	standIn := filepath.Join(spec.Dir, "none")
+	image := filepath.Join(spec.Dir, "root.img")
+	if err := os.WriteFile(standIn, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(image, make([]byte, 3<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	spec.Disks = []vmm.Disk{{Path: standIn, Serial: "root", ReadOnly: true}}
+	vm, err := q.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+
+	type block struct {
+		Inserted struct {
+			File  string `json:"file"`
+			RO    bool   `json:"ro"`
+			Image struct {
+				VirtualSize int64 `json:"virtual-size"`
+			} `json:"image"`
+		} `json:"inserted"`
+	}
+	disk := func() block {
+		t.Helper()
+		raw, err := vm.(interface {
+			QMP(ctx context.Context, cmd string) (json.RawMessage, error)
+		}).QMP(ctx, "query-block")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bs []block
+		if err := json.Unmarshal(raw, &bs); err != nil || len(bs) != 1 {
+			t.Fatalf("query-block: %s (%v)", raw, err)
+		}
+		return bs[0]
+	}
+	if d := disk(); d.Inserted.File != standIn || d.Inserted.Image.VirtualSize != 0 {
+		t.Fatalf("disk at start = %+v, want the empty stand-in", d)
+	}
+
+	missing := filepath.Join(spec.Dir, "missing.img")
+	if err := vm.ReplaceDisk(ctx, 0, vmm.Disk{Path: missing, ReadOnly: true}); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("ReplaceDisk with a missing file: err = %v, want one naming it", err)
+	}
+	if d := disk(); d.Inserted.File != standIn {
+		t.Errorf("after a failed ReplaceDisk the disk is %s, want the stand-in still", d.Inserted.File)
+	}
+
+	// Twice: the second replaces the first replacement's file node.
+	for _, f := range []string{standIn, image} {
+		if err := vm.ReplaceDisk(ctx, 0, vmm.Disk{Path: f, ReadOnly: true}); err != nil {
+			t.Fatalf("ReplaceDisk(%s): %v", f, err)
+		}
+	}
+	if d := disk(); d.Inserted.File != image || !d.Inserted.RO || d.Inserted.Image.VirtualSize != 3<<20 {
+		t.Errorf("disk after ReplaceDisk = %+v, want %s, read-only, 3 MiB", d, image)
+	}
+}

@@ -102,6 +102,11 @@ type VM interface {
 	Handle() Handle
 	// Resume starts or continues the vCPUs.
 	Resume(ctx context.Context) error
+	// ReplaceDisk puts d's file under the VM's disk i (Spec.Disks order;
+	// d.Serial is ignored), for a VM spawned before its disk was known.
+	// The guest reads a disk's size when it probes it: call it before
+	// the first Resume.
+	ReplaceDisk(ctx context.Context, i int, d Disk) error
 	// Moved tells the VM that its run directory (Spec.Dir) was renamed to
 	// dir: its sockets are found there from now on.
 	Moved(dir string)

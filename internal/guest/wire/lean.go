@@ -581,6 +581,8 @@ func (r *leanReader) config(c *Config) error {
 			return r.bool(&c.NoAgent)
 		case keyIs(key, "await_config"):
 			return r.bool(&c.AwaitConfig)
+		case keyIs(key, "spare"):
+			return r.bool(&c.Spare)
 		case keyIs(key, "time_ns"):
 			return r.int64(&c.TimeNS)
 		case keyIs(key, "seed"):

@@ -14,6 +14,7 @@ var leanConfigs = []struct {
 }{
 	{"empty", Config{}},
 	{"boot to snapshot", Config{AwaitConfig: true, RootDevice: "root", RootFSType: "erofs", DataDevice: "data", WritableLayer: LayerMemory}},
+	{"spare VMM", Config{AwaitConfig: true, Spare: true, RootDevice: "root", RootFSType: "ext4", DataDevice: "data", WritableLayer: LayerDisk}},
 	{"a start", Config{
 		ID: "0123456789abcdef", Hostname: "web", Args: []string{"/app", "serve", ""}, Env: []string{"PATH=/bin", "QUOTE=\"a\\b\"\n\t\x01é€𝄞"},
 		WorkingDir: "/srv", User: "nobody:nogroup", RootDevice: "root", RootFSType: "ext4", DataDevice: "data",

@@ -67,6 +67,11 @@ type Config struct {
 	// snapshots the VM while it waits, and every restore of that snapshot
 	// gets its own Config.
 	AwaitConfig bool `json:"await_config,omitempty"`
+	// Spare, with AwaitConfig, is a spare VMM's boot: nothing is saved at
+	// the hello, so flick-init mounts the disks and waits, and leaves
+	// what only a snapshot would keep (the link's stand-in address, the
+	// app's files read ahead) to the start.
+	Spare bool `json:"spare,omitempty"`
 	// TimeNS is the host's wall clock (Unix nanoseconds) when it sent a
 	// TypeConfig: a restored guest sets its clock from it.
 	TimeNS int64 `json:"time_ns,omitempty"`

@@ -1,0 +1,104 @@
+package instance
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
+	"github.com/flick-vm/flick/internal/vmm"
+)
+
+// Spare VMMs. Before a cold boot's guest runs its first instruction, QEMU
+// has to start: load its libraries, build the machine, load the kernel and
+// answer QMP, 30-45 ms under TCG on these hosts and no less under KVM. A
+// spare is a QEMU spawned ahead of time for one shape of VM and left paused
+// before the guest's first instruction, with a stand-in file under its root
+// disk and a data disk, console and TAP of its own, like a zygote's. A cold
+// boot of that shape claims it, puts the image's root disk under it
+// (VM.ReplaceDisk) and resumes it: the kernel and flick-init still boot from
+// nothing. The guest learns its instance the way a boot snapshot's first
+// start does: its fw_cfg config names only the disks and the writable
+// layer (AwaitConfig), flick-init mounts the image and says hello, and the
+// host sends the instance's config.
+//
+// Spares serve cold boots that take no boot snapshot (flick run --cold,
+// bench, or flickd without snapshots) and find no data disk of the
+// instance's yet, or keep the writable layer in memory. The pool keeps
+// SpareVMMs of each of the spareShapes shapes that cold-booted most
+// recently, refilled as each is claimed. A spare costs no CPU while it
+// waits, and its guest RAM holds only the kernel and initramfs that QEMU
+// loaded.
+
+// spareShapes is how many shapes of VM keep spares: the most recently
+// cold-booted.
+const spareShapes = 2
+
+// spareMAC is a spare's MAC until its guest sets the instance's.
+const spareMAC = "02:fc:a9:fe:00:03"
+
+// spareKey names the shape of spec's VM: what a spare must share with the
+// boot that claims it. Disk files, console, run directory and TAP are the
+// spare's own, and the root disk is replaced at the claim.
+func spareKey(spec vmm.Spec, layer, fstype string) string {
+	sum := sha256.Sum256([]byte(strings.Join([]string{
+		spec.Kernel, spec.Initrd, spec.Cmdline, spec.Accel,
+		strconv.Itoa(spec.CPUs), strconv.Itoa(spec.MemoryMiB),
+		layer, fstype, strconv.FormatBool(spec.NIC != nil),
+	}, "\x00")))
+	return hex.EncodeToString(sum[:12])
+}
+
+// fillSpares keeps spares of the shape of spec (a cold boot's) whose
+// writable layer and root file system are layer and fstype.
+func (m *Manager) fillSpares(key string, spec vmm.Spec, layer, fstype string) {
+	boot := wire.Config{
+		AwaitConfig: true, Spare: true,
+		RootDevice: "root", RootFSType: fstype, DataDevice: "data",
+		WritableLayer: layer,
+	}
+	spec.Restore, spec.KeepRAM, spec.RAMFile = nil, false, ""
+	if spec.NIC != nil {
+		spec.NIC = &vmm.NIC{MAC: spareMAC}
+	}
+	m.fill(m.spares, key, m.cfg.SpareVMMs, func() (*zygote, error) { return m.makeSpare(spec, boot) })
+}
+
+// makeSpare spawns a VMM for a VM like spec, paused, with boot as its
+// guest's config and an empty stand-in for its root disk.
+func (m *Manager) makeSpare(spec vmm.Spec, boot wire.Config) (*zygote, error) {
+	z, spec, tap, err := m.newPoolVM(spec)
+	if err != nil {
+		return nil, err
+	}
+	if tap != nil {
+		defer tap.Close() // the VMM holds it
+	}
+	standIn := filepath.Join(z.dir, "root.none")
+	spec.GuestConfig = filepath.Join(z.dir, "boot.json")
+	b, _ := json.Marshal(boot)
+	if err := os.WriteFile(standIn, nil, 0o600); err != nil {
+		z.discard()
+		return nil, err
+	}
+	if err := os.WriteFile(spec.GuestConfig, b, 0o600); err != nil {
+		z.discard()
+		return nil, err
+	}
+	spec.Disks[0].Path = standIn
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
+	defer cancel()
+	vm, err := m.cfg.Driver.Start(ctx, spec)
+	if err != nil {
+		z.discard()
+		return nil, fmt.Errorf("spare VMM: %w", err)
+	}
+	z.vm = vm
+	return z, nil
+}
