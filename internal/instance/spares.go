@@ -17,7 +17,7 @@ import (
 
 // Spare VMMs. Before a cold boot's guest runs its first instruction, QEMU
 // has to start: load its libraries, build the machine, load the kernel and
-// answer QMP, 30-45 ms under TCG on these hosts and no less under KVM. A
+// answer QMP, 30-45 ms on these hosts (host-side work, as much under KVM). A
 // spare is a QEMU spawned ahead of time for one shape of VM and left paused
 // before the guest's first instruction, with a stand-in file under its root
 // disk and a data disk, console and TAP of its own, like a zygote's. A cold

@@ -43,16 +43,22 @@ func newDriver(t *testing.T) (*vmm.QEMU, string) {
 	return q, kernel
 }
 
-func status(t *testing.T, ctx context.Context, vm vmm.VM) string {
+// qmp runs a QMP command without arguments in vm, a QEMU driver's.
+func qmp(t *testing.T, ctx context.Context, vm vmm.VM, cmd string) json.RawMessage {
 	t.Helper()
 	ret, err := vm.(interface {
 		QMP(ctx context.Context, cmd string) (json.RawMessage, error)
-	}).QMP(ctx, "query-status")
+	}).QMP(ctx, cmd)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ret
+}
+
+func status(t *testing.T, ctx context.Context, vm vmm.VM) string {
+	t.Helper()
 	var st struct{ Status string }
-	json.Unmarshal(ret, &st)
+	json.Unmarshal(qmp(t, ctx, vm, "query-status"), &st)
 	return st.Status
 }
 
@@ -189,12 +195,7 @@ func TestQEMUReplaceDisk(t *testing.T) {
 	}
 	disk := func() block {
 		t.Helper()
-		raw, err := vm.(interface {
-			QMP(ctx context.Context, cmd string) (json.RawMessage, error)
-		}).QMP(ctx, "query-block")
-		if err != nil {
-			t.Fatal(err)
-		}
+		raw := qmp(t, ctx, vm, "query-block")
 		var bs []block
 		if err := json.Unmarshal(raw, &bs); err != nil || len(bs) != 1 {
 			t.Fatalf("query-block: %s (%v)", raw, err)
