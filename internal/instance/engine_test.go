@@ -485,3 +485,53 @@ func TestEngineSpareVMM(t *testing.T) {
 	default:
 	}
 }
+
+// TestEnginePooledVMExits: a spare VMM whose process ends while it waits
+// leaves the pool at once, its files with it, and the next cold boot of its
+// shape spawns a VMM of its own.
+func TestEnginePooledVMExits(t *testing.T) {
+	m, d := newTestManager(t, serveApp(0, false), func(c *Config) { c.SpareVMMs = 1 })
+	ctx := t.Context()
+	start := func(name string) api.Instance {
+		t.Helper()
+		if _, err := m.Create(ctx, api.CreateRequest{Name: name, Image: "app"}); err != nil {
+			t.Fatal(err)
+		}
+		in, err := m.Start(ctx, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return in
+	}
+	start("a")
+	spare := waitSpares(t, d, 1)[0]
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		m.spares.mu.Lock()
+		n := 0
+		for _, zs := range m.spares.idle {
+			n += len(zs)
+		}
+		m.spares.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the spare never became idle")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	spare.Kill()
+	for {
+		if _, err := os.Stat(spare.spec.Dir); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the dead spare's directory %s is still there", spare.spec.Dir)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if b := start("b"); b.SpareVMM {
+		t.Error("a cold boot claimed a spare whose VMM had exited")
+	}
+}

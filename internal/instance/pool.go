@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -159,8 +160,25 @@ func (m *Manager) fill(p *pool, key string, size int, newVM func() (*zygote, err
 					addr = z.net.Address
 				}
 				m.log.Info(p.kind+" ready", "key", key, "id", z.id, "pid", z.vm.Handle().PID, "addr", addr)
+				go m.watchPooled(p, key, z)
 			}
 		}()
+	}
+}
+
+// watchPooled discards z, of p's VMs of key, if its VMM exits while it is
+// idle there, so that nothing of it waits for a claim to find it dead.
+func (m *Manager) watchPooled(p *pool, key string, z *zygote) {
+	<-z.vm.Done()
+	p.mu.Lock()
+	i := slices.Index(p.idle[key], z)
+	if i >= 0 {
+		p.idle[key] = slices.Delete(p.idle[key], i, i+1)
+	}
+	p.mu.Unlock()
+	if i >= 0 {
+		m.log.Warn(p.kind+" exited while idle", "key", key, "id", z.id)
+		z.discard()
 	}
 }
 
