@@ -76,6 +76,11 @@ type RunConfig struct {
 // keep running when it returns; the next Run re-attaches to them.
 func Run(ctx context.Context, cfg RunConfig) error {
 	log := cfg.Logger
+	for _, p := range []struct{ flag, path string }{{"--root", cfg.Root}, {"--kernel", cfg.Kernel}, {"--kernel-smp", cfg.KernelSMP}} {
+		if err := vmm.CheckPath(p.flag, p.path); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(cfg.Root, 0o711); err != nil {
 		return err
 	}

@@ -366,6 +366,7 @@ func TestEngineCreateErrors(t *testing.T) {
 		{"bad memory", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{MemoryMiB: 4}}, errdefs.ErrInvalidArgument, "memory"},
 		{"bad accel", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{Accel: "xen"}}, errdefs.ErrInvalidArgument, "accel"},
 		{"bad signal", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{StopSignal: "NOPE"}}, errdefs.ErrInvalidArgument, "signal"},
+		{"kernel path with a comma", api.CreateRequest{Image: "app", InstanceConfig: api.InstanceConfig{Kernel: "/k/a,b"}}, errdefs.ErrInvalidArgument, "/k/a,b: QEMU cannot be given a path with a comma"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -460,6 +460,9 @@ func (m *Manager) Create(ctx context.Context, req api.CreateRequest) (api.Instan
 		return api.Instance{}, err
 	}
 	if req.Kernel != "" {
+		if err := vmm.CheckPath("kernel", req.Kernel); err != nil {
+			return api.Instance{}, errdefs.InvalidArgument("%v", err)
+		}
 		if _, err := os.Stat(req.Kernel); err != nil {
 			return api.Instance{}, errdefs.InvalidArgument("kernel %s: %v", req.Kernel, err)
 		}

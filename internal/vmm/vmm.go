@@ -5,6 +5,7 @@ package vmm
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"strings"
@@ -132,6 +133,15 @@ type VM interface {
 	// Close lets go of the VMM without stopping it (the daemon is going
 	// away); Attach finds it again.
 	Close() error
+}
+
+// CheckPath refuses a path that QEMU's options cannot carry: a comma ends
+// an option's value. what names the path for the error.
+func CheckPath(what, path string) error {
+	if strings.Contains(path, ",") {
+		return fmt.Errorf("%s %s: QEMU cannot be given a path with a comma; use one without", what, path)
+	}
+	return nil
 }
 
 // PickAccel resolves "auto" (or "") to "kvm" when the host CPU has
