@@ -330,8 +330,11 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 	in.mu.Lock()
 	cloning := in.clone != nil
 	in.mu.Unlock()
+	// Whether a VM made ahead (a zygote, or a spare VMM below) can serve
+	// this start.
+	madeAhead := (gc.WritableLayer == wire.LayerMemory || !fileExists(dataDisk)) && !cloning && !fileExists(in.standbyPath())
 	var zyg *zygote
-	if restore != nil && (gc.WritableLayer == wire.LayerMemory || !fileExists(dataDisk)) && !cloning && !fileExists(in.standbyPath()) {
+	if restore != nil && madeAhead {
 		zyg = m.pool.claim(snapKey)
 	}
 	zygHanded := false
@@ -374,7 +377,7 @@ func (m *Manager) startLocked(ctx context.Context, in *inst) (api.Instance, erro
 			go spare.discard()
 		}
 	}()
-	if restore == nil && snapKey == "" && m.cfg.SpareVMMs > 0 && (gc.WritableLayer == wire.LayerMemory || !fileExists(dataDisk)) && !cloning && !fileExists(in.standbyPath()) {
+	if restore == nil && snapKey == "" && m.cfg.SpareVMMs > 0 && madeAhead {
 		key := spareKey(spec, gc.WritableLayer, fstype)
 		spare = m.spares.claim(key)
 		refill = func() { m.fillSpares(key, spec, gc.WritableLayer, fstype) }

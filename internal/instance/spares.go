@@ -63,7 +63,6 @@ func (m *Manager) fillSpares(key string, spec vmm.Spec, layer, fstype string) {
 		RootDevice: "root", RootFSType: fstype, DataDevice: "data",
 		WritableLayer: layer,
 	}
-	spec.Restore, spec.KeepRAM, spec.RAMFile = nil, false, ""
 	if spec.NIC != nil {
 		spec.NIC = &vmm.NIC{MAC: spareMAC}
 	}
