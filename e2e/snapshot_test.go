@@ -259,11 +259,14 @@ func (e *env) logged(pattern string) bool {
 // runCounter runs an instance of busybox, its writable layer in layer,
 // that keeps a note in /tmp and counts in a process five times a second:
 // with the layer in memory both live only in the VM's memory. It returns a
-// reader of the count once that has passed 3.
+// reader of the count once that has passed 3. Each count replaces the file
+// by a rename: written in place, a save that fell between the truncation
+// and the write left it empty, and a read right after the resume, before
+// the shell's write, saw no count at all.
 func (e *env) runCounter(t *testing.T, name, layer string) func() int {
 	t.Helper()
 	e.must("run", "-d", "--layer", layer, "--name", name, busybox, "sh", "-c",
-		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done`)
+		`echo kept > /tmp/note; i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.2; done`)
 	count := func() int { return e.counter(name) }
 	waitFor(t, 20*time.Second, "the counter of "+name+" to pass 3", func() bool { return count() > 3 })
 	return count
