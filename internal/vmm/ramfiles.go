@@ -29,14 +29,20 @@ func memPaths(args []string) []string {
 	return paths
 }
 
+// procMemPaths returns the mem-path files that the command line of the
+// process pid names; none when it cannot be read.
+func procMemPaths(pid string) []string {
+	raw, err := os.ReadFile(filepath.Join("/proc", pid, "cmdline"))
+	if err != nil {
+		return nil
+	}
+	return memPaths(strings.Split(string(raw), "\x00"))
+}
+
 // ownRAMFile returns the RAM file under dir that the process pid's
 // command line names, if any: the file that goes when the process does.
 func ownRAMFile(pid int, dir string) string {
-	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	if err != nil {
-		return ""
-	}
-	for _, p := range memPaths(strings.Split(string(raw), "\x00")) {
+	for _, p := range procMemPaths(strconv.Itoa(pid)) {
 		if filepath.Dir(p) == filepath.Clean(dir) {
 			return p
 		}
@@ -61,11 +67,7 @@ func (q *QEMU) PruneRAM() ([]string, error) {
 		if _, err := strconv.Atoi(e.Name()); err != nil {
 			continue
 		}
-		raw, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		for _, p := range memPaths(strings.Split(string(raw), "\x00")) {
+		for _, p := range procMemPaths(e.Name()) {
 			inUse[p] = true
 		}
 	}

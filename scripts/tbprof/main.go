@@ -24,11 +24,13 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"debug/elf"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,36 +141,28 @@ func readBlocks(r io.Reader) ([]block, error) {
 // symtab names addresses by the function that contains them. With end
 // set, an address at or past it is in none (another binary's code).
 type symtab struct {
-	addrs []uint64
-	names []string
-	end   uint64
+	syms []sym
+	end  uint64
 }
 
-func (s *symtab) add(addr uint64, name string) {
-	s.addrs = append(s.addrs, addr)
-	s.names = append(s.names, name)
+type sym struct {
+	addr uint64
+	name string
 }
+
+func (s *symtab) add(addr uint64, name string) { s.syms = append(s.syms, sym{addr, name}) }
 
 func (s *symtab) sort() {
-	idx := make([]int, len(s.addrs))
-	for i := range idx {
-		idx[i] = i
-	}
-	sort.SliceStable(idx, func(a, b int) bool { return s.addrs[idx[a]] < s.addrs[idx[b]] })
-	addrs, names := make([]uint64, len(idx)), make([]string, len(idx))
-	for i, j := range idx {
-		addrs[i], names[i] = s.addrs[j], s.names[j]
-	}
-	s.addrs, s.names = addrs, names
+	slices.SortStableFunc(s.syms, func(a, b sym) int { return cmp.Compare(a.addr, b.addr) })
 }
 
 // lookup returns the function holding addr, or "" before the first.
 func (s *symtab) lookup(addr uint64) string {
-	i := sort.Search(len(s.addrs), func(i int) bool { return s.addrs[i] > addr })
+	i := sort.Search(len(s.syms), func(i int) bool { return s.syms[i].addr > addr })
 	if i == 0 || s.end != 0 && addr >= s.end {
 		return ""
 	}
-	return s.names[i-1]
+	return s.syms[i-1].name
 }
 
 // readSystemMap reads the text symbols of a kernel's System.map.
