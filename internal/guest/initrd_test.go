@@ -161,7 +161,7 @@ func TestParseCPUMHz(t *testing.T) {
 
 func TestKernelCmdline(t *testing.T) {
 	got := KernelCmdline(CmdlineOptions{TSCkHz: 2596144, Extra: []string{"x=1"}})
-	want := "console=ttyS0,115200 quiet lapic_timer_period=4000000 rodata=off tsc_early_khz=2596144 pty.legacy_count=0 8250.nr_uarts=1 panic=-1 reboot=t no_timer_check noreplace-smp random.trust_cpu=on rdinit=/init qemu_fw_cfg.ioport=12@0x510:0:1:4 x=1"
+	want := "console=hvc0 quiet lapic_timer_period=4000000 rodata=off tsc_early_khz=2596144 pty.legacy_count=0 8250.nr_uarts=1 panic=-1 reboot=t no_timer_check noreplace-smp random.trust_cpu=on rdinit=/init qemu_fw_cfg.ioport=12@0x510:0:1:4 x=1"
 	if got != want {
 		t.Errorf("KernelCmdline =\n%s\nwant\n%s", got, want)
 	}

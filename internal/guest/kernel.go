@@ -59,8 +59,12 @@ type CmdlineOptions struct {
 // Each parameter is there for boot time or for flick-init; the costs were
 // measured on this project's 6.1 kernel under TCG (see DESIGN.md):
 //
-//	console=ttyS0,115200  the one 8250 UART; 115200 baud, not 9600: every
-//	                      console byte costs ~1 ms at 9600.
+//	console=hvc0          the virtio console port that QEMU logs to. The
+//	                      8250 UART it replaced cost a trap into QEMU per
+//	                      byte, and its driver's probe and console set-up
+//	                      ran at every boot. Messages printed before the
+//	                      virtio console comes up are kept in the kernel's
+//	                      log buffer and written once it does.
 //	quiet                 the console is a log, not a progress bar: printing
 //	                      the full boot log at 115200 costs tens of ms.
 //	lapic_timer_period=   (TCG) the local APIC timer's rate, 1e9/HZ: QEMU's
@@ -89,7 +93,8 @@ type CmdlineOptions struct {
 //	                      of the kernel), 50 boots of each interleaved.
 //	pty.legacy_count=0    256 legacy PTYs cost ~10-20 ms (also configured
 //	                      out of our kernel; kept for other kernels).
-//	8250.nr_uarts=1       probing the three absent UARTs costs ~10-20 ms.
+//	8250.nr_uarts=1       probing the three absent UARTs costs ~10-20 ms
+//	                      (kernels with an 8250 driver; ours has none).
 //	panic=-1 reboot=t     a panic (flick-init dying) resets at once, and
 //	                      the reset is a triple fault (microvm has neither
 //	                      ACPI nor a keyboard controller to reset through),
@@ -125,7 +130,7 @@ func KernelCmdline(opts CmdlineOptions) string {
 	if khz == 0 {
 		khz = hostTSCkHz()
 	}
-	args := []string{"console=ttyS0,115200"}
+	args := []string{"console=hvc0"}
 	if !opts.Verbose {
 		args = append(args, "quiet")
 	}

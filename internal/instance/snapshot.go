@@ -64,7 +64,8 @@ func (m *Manager) snapDir() string { return filepath.Join(m.cfg.Root, "snapshots
 
 // snapKey names the snapshot that a start with these inputs can use: any
 // change to one of them, or to the daemon's initrd, kernel command line or
-// VMM, needs a new boot.
+// VMM, needs a new boot. The version at its head changes with the VM's
+// device layout (v3: the virtio console port).
 func (m *Manager) snapKey(in snapInputs) (string, error) {
 	ki, err := os.Stat(in.Kernel)
 	if err != nil {
@@ -75,7 +76,7 @@ func (m *Manager) snapKey(in snapInputs) (string, error) {
 		return "", err
 	}
 	h := sha256.New()
-	fmt.Fprintf(h, "v2\nkernel %s %d %d\ninit %s %d %d\nimage %s layer %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\nnic %t\n",
+	fmt.Fprintf(h, "v3\nkernel %s %d %d\ninit %s %d %d\nimage %s layer %s\nmem %d cpus %d accel %s\ncmdline %s\nvmm %s\nnic %t\n",
 		in.Kernel, ki.Size(), ki.ModTime().UnixNano(), m.cfg.Initrd, ii.Size(), ii.ModTime().UnixNano(),
 		in.Digest, in.Layer, in.MemMiB, in.CPUs, in.Accel, m.cfg.Cmdline(in.Accel), m.cfg.SnapshotTag, in.NIC)
 	return hex.EncodeToString(h.Sum(nil))[:24], nil

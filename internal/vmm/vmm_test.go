@@ -52,8 +52,11 @@ func TestArgs(t *testing.T) {
 		"-kernel /k/vmlinux", "-initrd /k/initrd", "-append console=ttyS0 quiet",
 		"-blockdev driver=file,node-name=disk0-file,filename=/d/root.erofs,read-only=on -blockdev driver=raw,node-name=disk0,file=disk0-file,read-only=on -device virtio-blk-device,drive=disk0,serial=root",
 		"-blockdev driver=file,node-name=disk1-file,filename=/i/data.ext4 -blockdev driver=raw,node-name=disk1,file=disk1-file -device virtio-blk-device,drive=disk1,serial=data",
-		"socket,id=control,path=/r/control.sock,server=on,wait=off -device virtserialport,chardev=control,name=flick.0",
-		"socket,id=agent,path=/r/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,name=flick.agent",
+		"-device virtio-serial-device,id=ports,max_ports=3",
+		"socket,id=control,path=/r/control.sock,server=on,wait=off -device virtserialport,chardev=control,bus=ports.0,name=flick.0",
+		"socket,id=agent,path=/r/agent.sock,server=on,wait=off -device virtserialport,chardev=agent,bus=ports.0,name=flick.agent",
+		"-device virtio-serial-device,id=cons,max_ports=1 -chardev file,id=console,path=/i/console.log,append=on -device virtconsole,chardev=console,bus=cons.0",
+		"-chardev file,id=serial,path=/i/console.log,append=on -serial chardev:serial",
 		"-fw_cfg name=opt/flick/config,file=/r/config.json",
 		"-qmp unix:/r/qmp.sock,server=on,wait=off",
 	} {
