@@ -62,11 +62,17 @@ type CmdlineOptions struct {
 //	console=hvc0          the virtio console port that QEMU logs to. The
 //	                      8250 UART it replaced cost a trap into QEMU per
 //	                      byte, and its driver's probe and console set-up
-//	                      ran at every boot. Messages printed before the
-//	                      virtio console comes up are kept in the kernel's
-//	                      log buffer and written once it does.
-//	quiet                 the console is a log, not a progress bar: printing
-//	                      the full boot log at 115200 costs tens of ms.
+//	                      ran at every boot. The console comes up when the
+//	                      kernel probes the virtio console, three quarters
+//	                      into its boot by translated code, and writes the
+//	                      log so far (our patch 0005 makes that write reach
+//	                      the port). A panic before then reaches no console
+//	                      log: for a kernel with an 8250 driver, flickd
+//	                      --kernel-args console=ttyS0 logs from the first
+//	                      line (QEMU keeps the UART).
+//	quiet                 the console is a log, not a progress bar: the full
+//	                      boot log cost tens of ms on the UART, and each
+//	                      line is a trap into QEMU on the virtio console.
 //	lapic_timer_period=   (TCG) the local APIC timer's rate, 1e9/HZ: QEMU's
 //	                      emulated APIC counts at 1 GHz, and HZ is 250 in
 //	                      flick.config. Calibrating it spins ~260 ms under

@@ -100,6 +100,10 @@ func TestQEMULifecycle(t *testing.T) {
 	if !strings.Contains(string(console), "Kernel panic") {
 		t.Errorf("console shows no kernel panic:\n%s", console)
 	}
+	// The console comes up late in the boot and writes what came before.
+	if !strings.Contains(string(console), "Linux version") {
+		t.Errorf("console lacks the kernel's first line:\n%s", console)
+	}
 	if _, err := q.Attach(ctx, vm.Handle()); !errors.Is(err, errdefs.ErrNotFound) {
 		t.Errorf("Attach to an exited VM: err = %v, want not found", err)
 	}
