@@ -1,8 +1,14 @@
 package main
 
 import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"testing"
 	"unsafe"
+
+	"github.com/flick-vm/flick/internal/guest/wire"
 )
 
 // TestRtentryLayout checks the hand-made struct against the kernel's
@@ -52,5 +58,32 @@ func TestParseMAC(t *testing.T) {
 		if ok != tc.ok || (ok && got != tc.want) {
 			t.Errorf("parseMAC(%q) = %x, %v; want %x, %v", tc.in, got, ok, tc.want, tc.ok)
 		}
+	}
+}
+
+func TestWriteResolvConf(t *testing.T) {
+	tests := []struct {
+		name string
+		net  wire.Net
+		want string // "" for no file
+	}{
+		{"servers and search", wire.Net{DNS: []string{"10.77.0.1", "1.1.1.1"}, Search: "flick.internal"}, "nameserver 10.77.0.1\nnameserver 1.1.1.1\nsearch flick.internal\n"},
+		{"server only", wire.Net{DNS: []string{"10.77.0.1"}}, "nameserver 10.77.0.1\n"},
+		{"nothing to say", wire.Net{}, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := writeResolvConf(openTestRoot(t, dir), &tt.net); err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(filepath.Join(dir, "etc/resolv.conf"))
+			switch {
+			case tt.want == "" && !errors.Is(err, fs.ErrNotExist):
+				t.Errorf("resolv.conf = %q, %v; want none", got, err)
+			case tt.want != "" && (err != nil || string(got) != tt.want):
+				t.Errorf("resolv.conf = %q, %v; want %q", got, err, tt.want)
+			}
+		})
 	}
 }
