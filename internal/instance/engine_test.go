@@ -409,10 +409,11 @@ func waitSpares(t *testing.T, d *fakeDriver, n int) []*fakeVM {
 	}
 }
 
-// TestEngineSpareVMM: a cold boot leaves a spare VMM of its shape, which
-// the next cold boot of that shape claims: the image's root disk is put
-// under it before it runs, and its guest gets the instance's config over
-// the channel.
+// TestEngineSpareVMM: a cold boot leaves a spare VMM of its shape, spawned
+// over the root disk of its image, which the next cold boot of that shape
+// claims: a boot of the same disk file keeps it, one of another file has
+// that put under the spare before it runs, and the guest gets the
+// instance's config over the channel.
 func TestEngineSpareVMM(t *testing.T) {
 	m, d := newTestManager(t, serveApp(0, false), func(c *Config) { c.SpareVMMs = 1 })
 	ctx := t.Context()
@@ -446,8 +447,8 @@ func TestEngineSpareVMM(t *testing.T) {
 	if !spare.cfg.AwaitConfig || spare.cfg.RootFSType != "erofs" || len(spare.cfg.Args) != 0 {
 		t.Errorf("spare's boot config = %+v, want one that awaits its config and names only the disks", spare.cfg)
 	}
-	if spare.spec.Disks[0].Path == m.cfg.Kernel {
-		t.Error("the spare was spawned with the image's root disk, not a stand-in")
+	if root := spare.spec.Disks[0]; root.Path != m.cfg.Kernel || !root.ReadOnly {
+		t.Errorf("the spare was spawned over %+v, want the image's root disk (%s), read-only", root, m.cfg.Kernel)
 	}
 
 	b := run("b", "two")
@@ -455,10 +456,10 @@ func TestEngineSpareVMM(t *testing.T) {
 		t.Errorf("second cold boot: spare_vmm %v, start mode %q; want a cold boot in the spare", b.SpareVMM, b.StartMode)
 	}
 	spare.mu.Lock()
-	root := spare.replaced[0]
+	replaced := len(spare.replaced)
 	spare.mu.Unlock()
-	if root.Path != m.cfg.Kernel || !root.ReadOnly {
-		t.Errorf("spare's root disk replaced with %+v, want the image's (%s), read-only", root, m.cfg.Kernel)
+	if replaced != 0 {
+		t.Errorf("the spare's root disk was replaced %d times, though it was the image's already", replaced)
 	}
 	if got := logs("b"); got != "hello /app two\nwarn\n" {
 		t.Errorf("b's logs = %q: the app did not run with b's config", got)
@@ -471,9 +472,29 @@ func TestEngineSpareVMM(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(in.rec.Dir, "data.ext4")); err != nil {
 		t.Errorf("b's data disk: %v", err)
 	}
-	// The claim spawned the next spare, which a boot of another shape
-	// does not claim.
+	// The claim spawned the next spare. The image's disk is built again
+	// meanwhile (another file at the same path): the next boot's claim
+	// puts that file under the spare.
 	next := waitSpares(t, d, 2)[1]
+	rebuilt := m.cfg.Kernel + ".new"
+	if err := os.WriteFile(rebuilt, []byte("k"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(rebuilt, m.cfg.Kernel); err != nil {
+		t.Fatal(err)
+	}
+	if e := run("e", "five"); !e.SpareVMM {
+		t.Error("the boot after the rebuild found no spare VMM")
+	}
+	next.mu.Lock()
+	root := next.replaced[0]
+	next.mu.Unlock()
+	if root.Path != m.cfg.Kernel || !root.ReadOnly {
+		t.Errorf("spare's root disk replaced with %+v, want the rebuilt image disk (%s), read-only", root, m.cfg.Kernel)
+	}
+	// The claim spawned a spare again, which a boot of another shape does
+	// not claim.
+	next = waitSpares(t, d, 3)[2]
 	if _, err := m.Create(ctx, api.CreateRequest{Name: "c", Image: "app", InstanceConfig: api.InstanceConfig{MemoryMiB: 256}}); err != nil {
 		t.Fatal(err)
 	}

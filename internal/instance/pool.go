@@ -47,6 +47,9 @@ type zygote struct {
 	// has none.
 	net     *wire.Net
 	release func() // gives back net's address, if no instance took it
+	// root is the root disk file a spare VMM was spawned over; nil for a
+	// stand-in, and for zygotes.
+	root os.FileInfo
 }
 
 // pool holds VMs made ahead of time (zygotes, or spare VMMs) by key, for

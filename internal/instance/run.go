@@ -1076,9 +1076,11 @@ func (m *Manager) boot(ctx context.Context, in *inst, b bootPlan, t time.Time, m
 			return nil, nil, t, fmt.Errorf("the spare VMM: %w", err)
 		}
 		vm = b.spare.vm
-		if err := vm.ReplaceDisk(ctx, 0, b.spec.Disks[0]); err != nil {
-			b.spare.discard()
-			return nil, nil, t, err
+		if !b.spare.hasRoot(b.spec.Disks[0].Path) {
+			if err := vm.ReplaceDisk(ctx, 0, b.spec.Disks[0]); err != nil {
+				b.spare.discard()
+				return nil, nil, t, err
+			}
 		}
 	default:
 		_ = os.Truncate(b.spec.ConsoleLog, 0)
