@@ -19,11 +19,13 @@ import (
 // has to start: load its libraries, build the machine, load the kernel and
 // answer QMP, 30-45 ms on these hosts (host-side work, as much under KVM). A
 // spare is a QEMU spawned ahead of time for one shape of VM and left paused
-// before the guest's first instruction, with a stand-in file under its root
-// disk and a data disk, console and TAP of its own, like a zygote's. A cold
-// boot of that shape claims it, puts the image's root disk under it
-// (VM.ReplaceDisk) unless it has it already, and resumes it: the kernel and flick-init still boot from
-// nothing. The guest learns its instance the way a boot snapshot's first
+// before the guest's first instruction, over the root disk of the image
+// that cold-booted last in that shape (else an empty stand-in), with a data
+// disk, console and TAP of its own, like a zygote's. A cold boot of that
+// shape claims it, puts the image's root disk under it (VM.ReplaceDisk)
+// unless it has that file already, and resumes it: the kernel and
+// flick-init still boot from nothing. A spare keeps its root disk file open
+// while it waits, also after rmi has removed it. The guest learns its instance the way a boot snapshot's first
 // start does: its fw_cfg config names only the disks and the writable
 // layer (AwaitConfig), flick-init mounts the image and says hello, and the
 // host sends the instance's config.
@@ -70,7 +72,7 @@ func (m *Manager) fillSpares(key string, spec vmm.Spec, layer, fstype string) {
 }
 
 // makeSpare spawns a VMM for a VM like spec, paused, with boot as its
-// guest's config and an empty stand-in for its root disk.
+// guest's config, over spec's root disk or an empty stand-in.
 func (m *Manager) makeSpare(spec vmm.Spec, boot wire.Config) (*zygote, error) {
 	z, spec, tap, err := m.newPoolVM(spec)
 	if err != nil {
