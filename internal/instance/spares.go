@@ -25,10 +25,11 @@ import (
 // shape claims it, puts the image's root disk under it (VM.ReplaceDisk)
 // unless it has that file already, and resumes it: the kernel and
 // flick-init still boot from nothing. A spare keeps its root disk file open
-// while it waits, also after rmi has removed it. The guest learns its instance the way a boot snapshot's first
-// start does: its fw_cfg config names only the disks and the writable
-// layer (AwaitConfig), flick-init mounts the image and says hello, and the
-// host sends the instance's config.
+// while it waits, also after rmi has removed it. The guest learns its
+// instance the way a boot snapshot's first start does: its fw_cfg config
+// names only the disks and the writable layer (AwaitConfig), flick-init
+// mounts the image and says hello, and the host sends the instance's
+// config.
 //
 // Spares serve cold boots that take no boot snapshot (flick run --cold,
 // bench, or flickd without snapshots) and find no data disk of the
@@ -81,13 +82,8 @@ func (m *Manager) makeSpare(spec vmm.Spec, boot wire.Config) (*zygote, error) {
 	if tap != nil {
 		defer tap.Close() // the VMM holds it
 	}
-	standIn := filepath.Join(z.dir, "root.none")
 	spec.GuestConfig = filepath.Join(z.dir, "boot.json")
 	b, _ := json.Marshal(boot)
-	if err := os.WriteFile(standIn, nil, 0o600); err != nil {
-		z.discard()
-		return nil, err
-	}
 	if err := os.WriteFile(spec.GuestConfig, b, 0o600); err != nil {
 		z.discard()
 		return nil, err
@@ -99,7 +95,11 @@ func (m *Manager) makeSpare(spec vmm.Spec, boot wire.Config) (*zygote, error) {
 	if fi, err := os.Stat(spec.Disks[0].Path); err == nil && fi.Mode().IsRegular() {
 		z.root = fi
 	} else {
-		spec.Disks[0].Path = standIn
+		spec.Disks[0].Path = filepath.Join(z.dir, "root.none")
+		if err := os.WriteFile(spec.Disks[0].Path, nil, 0o600); err != nil {
+			z.discard()
+			return nil, err
+		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.BootTimeout)
 	defer cancel()
